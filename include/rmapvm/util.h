@@ -1,0 +1,31 @@
+/* util.h: strict parsers, clocks and bit helpers used by every layer. */
+#ifndef RMAPVM_UTIL_H
+#define RMAPVM_UTIL_H
+
+#include <stdint.h>
+#include <time.h>
+#include "rmapvm/types.h"
+
+/*
+ * parse_size() - "4096", "4k", "512M", "4G", "1T" (binary units, case
+ * insensitive, optional "iB"/"B"). Rejects empty strings, signs, junk,
+ * fractions and overflow. Returns 0 or -EINVAL / -ERANGE.
+ */
+int parse_size(const char *s, uint64_t *out);
+/* parse_duration() - "10", "2.5s", "500ms", "1m"; seconds >= 0. 0 or -EINVAL/-ERANGE. */
+int parse_duration(const char *s, double *seconds);
+/* parse_u64() - a decimal or 0x-hex integer, whole string. 0 or -EINVAL/-ERANGE. */
+int parse_u64(const char *s, uint64_t *out);
+
+static inline uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Format @bytes as "1.5 GiB" into @buf. */
+const char *fmt_bytes(uint64_t bytes, char *buf, unsigned long len);
+
+#endif /* RMAPVM_UTIL_H */
