@@ -1,0 +1,58 @@
+/* bench.c: the benchmark registry and statistics helpers. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+static struct bench_cmd *bench_head;
+
+void bench_register(struct bench_cmd *cmd)
+{
+	struct bench_cmd **p = &bench_head;
+
+	/* Keep the list sorted by name for `rmapvm bench --help`. */
+	while (*p && strcmp((*p)->name, cmd->name) < 0)
+		p = &(*p)->next;
+	cmd->next = *p;
+	*p = cmd;
+}
+
+struct bench_cmd *bench_find(const char *name)
+{
+	struct bench_cmd *c;
+
+	for (c = bench_head; c; c = c->next)
+		if (!strcmp(c->name, name))
+			return c;
+	return NULL;
+}
+
+struct bench_cmd *bench_list(void)
+{
+	return bench_head;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, int n)
+{
+	if (n <= 0)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double bench_spread(const double *v, int n)
+{
+	double med;
+
+	if (n <= 0)
+		return 0;
+	med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	return med > 0 ? (v[n - 1] - v[0]) / med : 0;
+}
