@@ -9,8 +9,8 @@
 /*
  * A benchmark: `rmapvm bench <name> [args]` calls main(argc, argv) with
  * argv[0] = name. It prints to stdout (one JSON object per line with
- * --json) and returns an exit status. Benchmarks live in bench/*.c and
- * register themselves with BENCH_REGISTER.
+ * --json) and returns an exit status. Benchmarks live in the bench folder and
+ * register themselves with BENCH_REGISTER (any bench source file).
  */
 struct bench_cmd {
 	const char *name;

@@ -20,6 +20,7 @@ struct run_options {
 	struct workload_spec workload;	/* --workload */
 	double duration_s;		/* --duration, 0 = until the workload ends */
 	bool json;			/* --json */
+	bool lock_shared;		/* --lock shared: faults take mmu_lock for read */
 	const char *dirty_mode;		/* --dirty-mode, NULL = no logging */
 	const char *migrate_to;		/* --migrate-to URI, NULL = none */
 	double migrate_after_s;		/* --migrate-after */
@@ -39,5 +40,7 @@ long cli_parse_int(const char *opt, const char *s, long min, long max);
 /* Backends of `rmapvm run`. */
 int cli_run_soft(const struct run_options *opt);
 int cli_run_kvm(const struct run_options *opt);	/* src/cli/run_kvm.c */
+/* `rmapvm demo`. */
+int cli_demo(int argc, char **argv);
 
 #endif /* RMAPVM_CLI_H */
