@@ -355,7 +355,7 @@ void vm_synchronize_srcu(struct vm *vm)
 	struct vcpu *vcpu;
 	int i;
 
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	/* Pairs with vcpu_srcu_read_lock(): both sides are seq_cst (Dekker). */
 	for_each_vcpu(i, vcpu, vm) {
 		uint64_t seq = __atomic_load_n(&vcpu->srcu_seq, __ATOMIC_SEQ_CST);
 

@@ -222,7 +222,8 @@ static inline void mmu_read_unlock(struct vm *vm)
 /* Memslots of @as_id; caller holds slots_lock or is in a vCPU read side. */
 static inline struct memslots *vm_memslots(struct vm *vm, int as_id)
 {
-	return load_acquire(&vm->memslots[as_id]);
+	/* seq_cst: orders after vcpu_srcu_read_lock()'s store (a plain load on x86). */
+	return __atomic_load_n(&vm->memslots[as_id], __ATOMIC_SEQ_CST);
 }
 
 /* ---- memslot.c ---- */
