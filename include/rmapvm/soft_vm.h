@@ -52,4 +52,11 @@ void soft_vm_vcpu_stats(struct soft_vm *svm, int vcpu, struct soft_vcpu_stats *s
  */
 int soft_vm_verify(struct soft_vm *svm, char *err, unsigned long errlen);
 
+struct backend;
+/*
+ * soft_backend_create() - the dirty-tracking backend interface (backend.h)
+ * over @svm, for migration. The backend does not own @svm. 0 or -errno.
+ */
+int soft_backend_create(struct soft_vm *svm, struct backend **out);
+
 #endif /* RMAPVM_SOFT_VM_H */
