@@ -162,7 +162,7 @@ void mmu_destroy(struct vm *vm)
 
 #define RMAP_LOCKED 2ul
 
-static uintptr_t rmap_lock(struct rmap_head *head)
+uintptr_t rmap_lock(struct rmap_head *head)
 {
 	uintptr_t old = __atomic_load_n(&head->val, __ATOMIC_RELAXED);
 
@@ -178,7 +178,7 @@ static uintptr_t rmap_lock(struct rmap_head *head)
 	}
 }
 
-static void rmap_unlock(struct rmap_head *head, uintptr_t val)
+void rmap_unlock(struct rmap_head *head, uintptr_t val)
 {
 	__atomic_store_n(&head->val, val, __ATOMIC_RELEASE);
 }
@@ -422,6 +422,51 @@ out:
 	if (!list_empty(&invalid))
 		mmu_commit_zap(vm, &invalid);
 	return flush ? MMU_MAP_FLUSH : 0;
+}
+
+int mmu_split_huge_leaf(struct vm *vm, struct mmu_caches *c, const struct memslot *slot,
+			uint64_t *sptep, gfn_t gfn, int level, bool wp)
+{
+	uint64_t spte = spte_read(sptep), size, child;
+	gfn_t frame = ALIGN_DOWN(gfn, KVM_PAGES_PER_HPAGE(level));
+	int i, need = 0, r;
+	struct mmu_page *sp;
+
+	if (level <= PG_LEVEL_4K || !is_shadow_present_pte(spte) || !is_large_pte(spte))
+		return -ENOENT;
+	size = KVM_PAGES_PER_HPAGE(level - 1);
+	/* A descriptor for each child rmap that already holds an spte (other roots). */
+	for (i = 0; i < PT64_ENT_PER_PAGE; i++) {
+		const struct rmap_head *h = gfn_to_rmap(frame + i * size, level - 1, slot);
+
+		need += h->val && (!(h->val & RMAP_MANY) || pte_list_count(h) % PTE_LIST_EXT == 0);
+	}
+	if (need > MMU_CACHE_CAPACITY)
+		return -E2BIG;
+	if (c->page_cache.nobjs < 1 || c->desc_cache.nobjs < need)
+		return -ENOMEM;
+
+	sp = mmu_alloc_sp(vm, c, level - 1, frame, slot->as_id, sptep);
+	/* Same frames and permissions one level down, W dropped if asked. */
+	child = spte & ~(SPTE_FRAME_MASK | SPTE_HUGE_MASK | (wp ? SPTE_W_MASK : 0));
+	if (level - 1 > PG_LEVEL_4K)
+		child |= SPTE_HUGE_MASK;
+	for (i = 0; i < PT64_ENT_PER_PAGE; i++) {
+		hva_t hva = spte_to_addr(spte) + ((uint64_t)i * size << PAGE_SHIFT);
+
+		spte_set_nonvolatile(&sp->spt[i], child | ((uint64_t)hva & SPTE_FRAME_MASK));
+		pte_list_add(&c->desc_cache, &sp->spt[i], gfn_to_rmap(frame + i * size, level - 1, slot));
+	}
+	sp->nr_present = PT64_ENT_PER_PAGE;
+	sp->slot_bitmap = 1ull << (slot->id % 64);
+	__atomic_fetch_add(&vm->nr_leaf_sptes[level - 2], PT64_ENT_PER_PAGE, __ATOMIC_RELAXED);
+	/* A/D set meanwhile by a walker are dropped: the caller flushes TLBs. */
+	spte_xchg(sptep, make_nonleaf_spte(sp->spt));
+	r = pte_list_remove(&c->desc_cache, sptep, gfn_to_rmap(frame, level, slot));
+	assert(!r && "split huge spte missing from its rmap");
+	(void)r;
+	__atomic_fetch_sub(&vm->nr_leaf_sptes[level - 1], 1, __ATOMIC_RELAXED);
+	return 0;
 }
 
 /* Zap every leaf of @slot through its rmaps; tables emptied by it are freed. */

@@ -288,6 +288,27 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write);
 /* True if a fault that read @mmu_seq must retry (an invalidation raced). Under mmu_lock. */
 bool mmu_invalidate_retry_gfn(struct vm *vm, uint64_t mmu_seq, gfn_t gfn);
 
+/*
+ * mmu_split_huge_leaf() - replace the huge leaf *@sptep (mapping the frame
+ * of @gfn at @level of @slot) by a table of 512 leaves one level down with
+ * the same frames and permissions, minus W when @wp (eager page splitting).
+ * Under mmu_lock (write); the caller flushes TLBs if W was dropped. Returns
+ * 0; -ENOMEM when @c lacks a table or descriptors (nothing changed; top up
+ * and retry); -E2BIG when more descriptors are needed than a cache holds;
+ * -ENOENT when *@sptep is not a huge leaf.
+ */
+int mmu_split_huge_leaf(struct vm *vm, struct mmu_caches *c, const struct memslot *slot,
+			uint64_t *sptep, gfn_t gfn, int level, bool wp);
+
+/*
+ * rmap_lock() / rmap_unlock() - the per-head lock of shared-mode faults
+ * (bit 1 of head->val): rmap_lock() spins until it owns the head and returns
+ * its value without the lock bit; rmap_unlock() stores @val back (release).
+ * Needed only by code that reads rmaps under mmu_lock held for read.
+ */
+uintptr_t rmap_lock(struct rmap_head *head);
+void rmap_unlock(struct rmap_head *head, uintptr_t val);
+
 /* Largest level at which @gfn of @slot may be mapped (alignment, disallow_lpage, logging). */
 int mmu_max_slot_level(struct vm *vm, const struct memslot *slot, gfn_t gfn, int max_level);
 
@@ -320,5 +341,9 @@ void mark_page_dirty_in_slot(struct vm *vm, struct vcpu *vcpu, const struct mems
 bool dirty_log_uses_dbit(const struct vm *vm);
 /* Walker hook: D went 0->1 on a 4 KiB spte in D-bit mode. */
 void vcpu_pml_log(struct vcpu *vcpu, gfn_t gfn);
+/* KVM_REQ_RING_FULL: leave guest mode and wait until the vCPU's dirty ring has room (or a pause). */
+void dirty_ring_wait_for_reset(struct vcpu *vcpu);
+/* Free the VM's dirty-logging state (rings, PML buffers); from vm_destroy() after the memslots. */
+void dirty_log_destroy(struct vm *vm);
 
 #endif /* RMAPVM_MMU_INTERNAL_H */

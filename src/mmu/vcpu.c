@@ -109,6 +109,7 @@ void vm_destroy(struct vm *vm)
 	vm->nr_vcpus = 0;
 	free(vm->vcpus);
 	memslots_destroy(vm);
+	dirty_log_destroy(vm);
 	mmu_destroy(vm);
 	pthread_rwlock_destroy(&vm->mmu_lock);
 	pthread_mutex_destroy(&vm->slots_lock);
@@ -194,6 +195,8 @@ void vcpu_handle_requests(struct vcpu *vcpu)
 				vcpu_pml_log(vcpu, ~(gfn_t)0);
 			__atomic_store_n(&vcpu->mode, IN_GUEST_MODE, __ATOMIC_SEQ_CST);
 		}
+		if (req & KVM_REQ_RING_FULL)
+			dirty_ring_wait_for_reset(vcpu);
 	}
 }
 
