@@ -8,7 +8,13 @@ BUILD_TSAN ?= build-tsan
 JOBS       ?= $(shell nproc)
 CMAKE_GEN  := -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build test test-unit test-asan test-tsan demo bench clean format
+BUILD_FUZZ ?= build-fuzz
+FUZZ_TARGETS := $(notdir $(basename $(wildcard tests/fuzz/fuzz_*.c)))
+# Seconds each fuzz target runs in `make test` (about a minute in all) and in `make fuzz`.
+FUZZ_SECONDS ?= $(shell expr 60 / $(words $(FUZZ_TARGETS)))
+FUZZ_LONG_SECONDS ?= 600
+
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz demo bench clean format
 
 all: build
 
@@ -25,6 +31,7 @@ test: deps
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-asan
 	@$(MAKE) --no-print-directory test-tsan
+	@$(MAKE) --no-print-directory test-fuzz
 	@echo "== make test: all passed =="
 
 test-unit: build
@@ -42,6 +49,18 @@ test-tsan: deps
 	@cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRMAPVM_SANITIZE=thread >/dev/null
 	@cmake --build $(BUILD_TSAN) -j $(JOBS)
 	@cd $(BUILD_TSAN) && ctest --output-on-failure -L concurrency --timeout 600
+
+# libFuzzer (clang) on every target for a bounded time, on a scratch copy of
+# the checked-in corpus; the corpus itself is also replayed by ctest above.
+test-fuzz: deps
+	@echo "== fuzzing: $(FUZZ_TARGETS), $(FUZZ_SECONDS) s each =="
+	@CC=clang cmake -S . -B $(BUILD_FUZZ) -DRMAPVM_FUZZ=ON -DRMAPVM_SANITIZE=address \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD_FUZZ) -j $(JOBS) --target $(FUZZ_TARGETS)
+	@scripts/run-fuzz.sh $(BUILD_FUZZ)/tests $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz:
+	@$(MAKE) --no-print-directory test-fuzz FUZZ_SECONDS=$(FUZZ_LONG_SECONDS)
 
 demo: build
 	@$(BUILD)/rmapvm demo

@@ -2,7 +2,7 @@
 # ensure-deps.sh: install the Debian packages the build, tests and demo need, if missing.
 set -euo pipefail
 
-pkgs=(cmake gcc make pkg-config libcmocka-dev libxxhash-dev libzstd-dev)
+pkgs=(cmake gcc make pkg-config clang libclang-rt-14-dev libcmocka-dev libxxhash-dev libzstd-dev)
 pkgs+=("$@")
 
 missing=()

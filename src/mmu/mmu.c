@@ -268,7 +268,7 @@ bool mmu_zap_subtree(struct vm *vm, struct mmu_caches *c, int as_id, uint64_t *s
 		}
 	}
 	mmu_unlink_sp(vm, child, invalid);
-	return true;
+	return flush;
 }
 
 void mmu_commit_zap(struct vm *vm, struct list_head *invalid)

@@ -101,11 +101,7 @@ void workload_format(const struct workload_spec *spec, char *buf, unsigned long 
 {
 	const char *name = spec->pattern < 3 ? pattern_names[spec->pattern] : "?";
 
-	if (spec->pattern == WL_HOTSET)
-		snprintf(buf, len, "%s,write=%u,hot=%u,frac=%u,rate=%llu,seed=%llu", name,
-			 spec->write_pct, spec->hot_size_pct, spec->hot_frac_pct,
-			 (unsigned long long)spec->rate, (unsigned long long)spec->seed);
-	else
-		snprintf(buf, len, "%s,write=%u,rate=%llu,seed=%llu", name, spec->write_pct,
-			 (unsigned long long)spec->rate, (unsigned long long)spec->seed);
+	snprintf(buf, len, "%s,write=%u,hot=%u,frac=%u,rate=%llu,seed=%llu", name, spec->write_pct,
+		 spec->hot_size_pct, spec->hot_frac_pct, (unsigned long long)spec->rate,
+		 (unsigned long long)spec->seed);
 }
