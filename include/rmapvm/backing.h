@@ -13,13 +13,42 @@ enum backing_type {
 	BACKING_NR_TYPES,
 };
 
+struct mem_backing;
+
+/*
+ * mem_backing_ops - a backing whose pages the host can swap under the guest
+ * (src/mmu/host_mem.c: a memfd page pool). NULL ops: the spte holds the hva.
+ *  host_addr      where the page now behind @hva can be reached for good
+ *                 (the host "pfn"); what a leaf spte records. Lockless.
+ *  mapping_level  level at which the host maps @hva now.
+ */
+struct mem_backing_ops {
+	hva_t (*host_addr)(const struct mem_backing *b, hva_t hva);
+	int (*mapping_level)(const struct mem_backing *b, hva_t hva);
+};
+
 /* mem_backing - one host mapping that guest memory slots point into. */
 struct mem_backing {
 	enum backing_type type;
 	hva_t hva;	       /* start of the mapping (aligned to page_size) */
 	size_t size;	       /* bytes, a multiple of page_size */
 	size_t page_size;      /* page size the mapping was created with */
+	const struct mem_backing_ops *ops; /* NULL for plain anonymous/hugetlbfs memory */
+	void *priv;			   /* owner of @ops */
 };
+
+/*
+ * backing_host_addr() - the host address a leaf spte for @hva records, as
+ * get_user_pages would resolve it (hva -> pfn): @hva itself unless the
+ * backing can replace pages under the same hva (then a stale spte keeps
+ * pointing at the old page, as a stale pfn would in KVM).
+ */
+static inline hva_t backing_host_addr(const struct mem_backing *b, hva_t hva)
+{
+	if (!b || !b->ops)
+		return hva;
+	return b->ops->host_addr(b, hva);
+}
 
 /*
  * backing_alloc() - map @size bytes of @type (rounded up to its page size).

@@ -154,6 +154,8 @@ int host_mapping_level(const struct mem_backing *b, hva_t hva)
 {
 	uint64_t pm, flags;
 
+	if (b && b->ops)
+		return b->ops->mapping_level(b, hva);
 	if (b && (b->type == BACKING_HUGETLB_2M || b->type == BACKING_HUGETLB_1G))
 		return backing_max_level(b->type);
 	if (b && b->type == BACKING_ANON_4K)

@@ -321,12 +321,22 @@ int __mmu_map_gfn(struct vm *vm, struct mmu_caches *c, struct vcpu *vcpu,
 		  const struct memslot *slot, gfn_t gfn, int level, bool host_writable, bool write,
 		  bool shared)
 {
+	gfn_t frame = ALIGN_DOWN(gfn, KVM_PAGES_PER_HPAGE(level));
+	hva_t host = backing_host_addr(slot->backing, gfn_to_hva_memslot(slot, frame));
+
+	return __mmu_map_gfn_host(vm, c, vcpu, slot, gfn, level, host, host_writable, write,
+				  shared);
+}
+
+int __mmu_map_gfn_host(struct vm *vm, struct mmu_caches *c, struct vcpu *vcpu,
+		       const struct memslot *slot, gfn_t gfn, int level, hva_t hva,
+		       bool host_writable, bool write, bool shared)
+{
 	int as_id = slot->as_id, cur;
 	struct mmu_page *sp = vm->root[as_id];
 	bool logged = slot->flags & KVM_MEM_LOG_DIRTY_PAGES;
 	bool dbit = logged && dirty_log_uses_dbit(vm);
 	gfn_t frame = ALIGN_DOWN(gfn, KVM_PAGES_PER_HPAGE(level));
-	hva_t hva = gfn_to_hva_memslot(slot, frame);
 	uint64_t *sptep, spte, new_spte;
 	bool writable, flush = false;
 	LIST_HEAD_DECL(invalid);
@@ -583,7 +593,7 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write)
 	uint64_t mmu_seq;
 	bool host_writable;
 	int level, r = 0;
-	hva_t hva;
+	hva_t hva, host;
 
 	vcpu_srcu_read_lock(vcpu);
 	slot = memslots_find_gfn(vm_memslots(vm, vcpu->as_id), gfn);
@@ -609,6 +619,9 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write)
 	level = mmu_max_slot_level(vm, slot, gfn, PG_LEVEL_MAX_LEAF);
 	if (level > PG_LEVEL_4K)
 		level = MIN(level, host_mapping_level(slot->backing, hva));
+	/* The "pfn": resolved before mmu_lock, so only the retry check below makes it safe. */
+	host = backing_host_addr(slot->backing,
+				 gfn_to_hva_memslot(slot, ALIGN_DOWN(gfn, KVM_PAGES_PER_HPAGE(level))));
 	r = mmu_topup_caches(vm, &vcpu->caches, PT64_ROOT_LEVEL, 2);
 	if (r)
 		goto out;
@@ -620,8 +633,8 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write)
 			stat_inc(vcpu->stats.fault_retries);
 			goto out;
 		}
-		r = __mmu_map_gfn(vm, &vcpu->caches, vcpu, slot, gfn, level, host_writable, write,
-				  true);
+		r = __mmu_map_gfn_host(vm, &vcpu->caches, vcpu, slot, gfn, level, host,
+				       host_writable, write, true);
 		mmu_read_unlock(vm);
 		if (r != -EAGAIN)
 			goto mapped;
@@ -633,7 +646,8 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write)
 		r = 0;
 		goto out;
 	}
-	r = __mmu_map_gfn(vm, &vcpu->caches, vcpu, slot, gfn, level, host_writable, write, false);
+	r = __mmu_map_gfn_host(vm, &vcpu->caches, vcpu, slot, gfn, level, host, host_writable,
+			       write, false);
 	if (r == MMU_MAP_FLUSH)
 		vm_flush_remote_tlbs(vm);
 	mmu_write_unlock(vm);

@@ -177,6 +177,7 @@ struct vm {
 	gfn_t mmu_invalidate_range_start;
 	gfn_t mmu_invalidate_range_end;
 	int64_t mn_active_invalidate_count;	/* under slots_lock's notifier mutex */
+	int unmap_variant;			/* enum unmap_variant (rmapvm/invalidate.h) */
 	pthread_mutex_t mn_lock;
 	pthread_cond_t mn_cond;
 
@@ -262,6 +263,15 @@ void mmu_caches_free(struct vm *vm, struct mmu_caches *c);
 int __mmu_map_gfn(struct vm *vm, struct mmu_caches *c, struct vcpu *vcpu,
 		  const struct memslot *slot, gfn_t gfn, int level, bool host_writable, bool write,
 		  bool shared);
+/*
+ * __mmu_map_gfn_host() - as __mmu_map_gfn(), with the host address of the
+ * level-aligned frame (backing_host_addr()) resolved by the caller, before
+ * mmu_lock, as a fault resolves its pfn; the caller must have passed the
+ * MMU-notifier retry check (mmu_invalidate_retry_gfn) under the lock.
+ */
+int __mmu_map_gfn_host(struct vm *vm, struct mmu_caches *c, struct vcpu *vcpu,
+		       const struct memslot *slot, gfn_t gfn, int level, hva_t hva,
+		       bool host_writable, bool write, bool shared);
 /* Return value of __mmu_map_gfn(): flush needed; or -EAGAIN (shared mode: retake for write). */
 #define MMU_MAP_FLUSH 1
 
@@ -278,6 +288,7 @@ void mmu_zap_memslot(struct vm *vm, struct memslot *slot);
  * mmu_zap_subtree() - zap the table that the non-leaf *@sptep (at @level)
  * points to, with every leaf below it; the tables go on @invalid, to be
  * freed by mmu_commit_zap() after a remote TLB flush. Under mmu_lock (write).
+ * Returns true if a leaf was zapped.
  */
 bool mmu_zap_subtree(struct vm *vm, struct mmu_caches *c, int as_id, uint64_t *sptep, int level,
 		     struct list_head *invalid);
