@@ -62,7 +62,11 @@ struct backend_ops {
 	 */
 	int (*harvest_range)(struct backend *be, uint32_t slot, uint64_t first_page,
 			     uint64_t npages, uint64_t *bitmap);
-	/* Ring mode: deliver every published entry of every vCPU, then reset. */
+	/*
+	 * Ring mode: deliver every published entry of every vCPU, then reset
+	 * (re-protect) them. Read the pages only after the call returns: a
+	 * write may still land between the push and the reset.
+	 */
 	int (*harvest_rings)(struct backend *be, ring_entry_fn fn, void *opaque);
 	/* vCPU state into / from an opaque, versioned blob (vCPUs paused). */
 	int (*save_vcpu)(struct backend *be, int vcpu, void *buf, size_t len, size_t *used);

@@ -32,7 +32,7 @@ struct soft_vm;
 int soft_vm_create(const struct soft_vm_config *cfg, struct soft_vm **out);
 /* Start the vCPU threads. */
 int soft_vm_start(struct soft_vm *svm);
-/* Ask the vCPUs to stop and join them (idempotent). */
+/* Ask the vCPUs to stop and join them (idempotent); a paused VM is resumed for that. */
 void soft_vm_stop(struct soft_vm *svm);
 /* True once every vCPU finished (max_accesses reached or an error). */
 bool soft_vm_done(struct soft_vm *svm);
@@ -51,6 +51,19 @@ void soft_vm_vcpu_stats(struct soft_vm *svm, int vcpu, struct soft_vcpu_stats *s
  * Returns 0 or -EIO with the first mismatch described in @err.
  */
 int soft_vm_verify(struct soft_vm *svm, char *err, unsigned long errlen);
+
+uint32_t soft_vm_round(const struct soft_vm *svm);
+/* Make every vCPU sleep @pct percent of its time (auto-converge); 0 = off. */
+void soft_vm_set_throttle(struct soft_vm *svm, uint32_t pct);
+
+/*
+ * soft_vm_save_vcpu() / soft_vm_load_vcpu() - a vCPU's architectural state
+ * (workload position, access in flight, round) as a versioned blob, so it
+ * continues in another VM. Save while paused or stopped; load before
+ * soft_vm_start(). Returns 0, -EINVAL (bad index or blob), -ENOSPC, -EBUSY.
+ */
+int soft_vm_save_vcpu(struct soft_vm *svm, int idx, void *buf, size_t len, size_t *used);
+int soft_vm_load_vcpu(struct soft_vm *svm, int idx, const void *buf, size_t len);
 
 struct backend;
 /*

@@ -127,7 +127,8 @@ static inline bool spte_writable_invariants_ok(uint64_t spte)
  * @host_writable: the host mapping may be written (H).
  * @writable: install with W (and M); otherwise M is kept (dirty-log state 110)
  *            when @host_writable, so the fast path can make it writable.
- * A is set (the access that caused the fault); D is set with W.
+ * A is set (the access that caused the fault); D is left to the caller
+ * (set with W, except that D-bit logging sets it only on a real write).
  */
 static inline uint64_t make_spte(hva_t hva, int level, bool host_writable, bool writable)
 {
@@ -139,7 +140,7 @@ static inline uint64_t make_spte(hva_t hva, int level, bool host_writable, bool 
 	if (host_writable)
 		spte |= SPTE_HOST_WRITABLE_MASK | SPTE_MMU_WRITABLE_MASK;
 	if (host_writable && writable)
-		spte |= SPTE_W_MASK | SPTE_D_MASK;
+		spte |= SPTE_W_MASK;
 	return spte;
 }
 

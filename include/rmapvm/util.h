@@ -25,6 +25,23 @@ static inline uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * guest_memcpy() - copy guest memory that running vCPUs may be writing:
+ * 8-byte relaxed atomic loads (plain moves on x86), so that the race with
+ * the guest, which dirty logging resolves by sending the page again, is
+ * well defined (and visible as such to ThreadSanitizer). @len and both
+ * pointers must be 8-byte aligned.
+ */
+static inline void guest_memcpy(void *dst, const void *src, size_t len)
+{
+	uint64_t *d = dst;
+	const uint64_t *s = src;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++)
+		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+}
+
 /* Format @bytes as "1.5 GiB" into @buf. */
 const char *fmt_bytes(uint64_t bytes, char *buf, unsigned long len);
 

@@ -17,6 +17,12 @@ struct soft_vcpu {
 	bool started;
 	bool done;			/* relaxed atomic */
 	struct soft_vcpu_stats stats;	/* relaxed atomics */
+	/* Architectural state (saved/loaded while paused, see soft_vm_save_vcpu). */
+	struct workload_state ws;	/* position in the workload */
+	uint64_t accesses;		/* accesses completed */
+	uint64_t pending_page;		/* access in flight: page ... */
+	bool pending;			/* ... valid: redone on resume */
+	bool pending_write;
 };
 
 struct soft_vm {
@@ -25,29 +31,48 @@ struct soft_vm {
 	struct mem_backing backing;
 	uint64_t pages_per_vcpu;
 	uint32_t round;			/* relaxed atomic */
+	uint32_t throttle_pct;		/* relaxed atomic: % of time vCPUs sleep */
 	bool stop;			/* relaxed atomic */
 	struct soft_vcpu *vcpus;
 };
+
+/* Sleep so that the vCPU runs only (100 - pct)% of the time since @*mark. */
+static void soft_vcpu_throttle(struct vcpu *vcpu, uint32_t pct, uint64_t *mark)
+{
+	uint64_t now = now_ns(), ran = now - *mark, nap = ran * pct / (100 - pct);
+	struct timespec ts = { .tv_sec = nap / 1000000000ull, .tv_nsec = nap % 1000000000ull };
+
+	vcpu_put(vcpu);
+	nanosleep(&ts, NULL);
+	vcpu_load(vcpu);
+	*mark = now_ns();
+}
 
 static void *soft_vcpu_thread(void *arg)
 {
 	struct soft_vcpu *sv = arg;
 	struct soft_vm *svm = sv->svm;
 	struct vcpu *vcpu = vm_get_vcpu(svm->vm, sv->idx);
-	uint64_t npages = svm->pages_per_vcpu, n = 0, t0 = now_ns();
+	uint64_t npages = svm->pages_per_vcpu, n = 0, t0 = now_ns(), mark = t0;
 	gpa_t base = (gpa_t)sv->idx * npages * PAGE_SIZE;
-	struct workload_state ws;
 	int r = 0;
 
-	workload_init(&ws, &svm->cfg.workload, sv->idx, npages);
 	vcpu_load(vcpu);
 	while (!READ_ONCE(svm->stop)) {
-		bool write;
-		uint64_t page = workload_next(&ws, &write);
-		gpa_t gpa = base + page * PAGE_SIZE;
+		uint32_t pct;
+		gpa_t gpa;
 
-		if (write) {
-			uint64_t stamp = stamp_make(sv->idx, READ_ONCE(svm->round), page);
+		/* The access in flight is part of the vCPU state: a restored vCPU redoes it. */
+		if (!sv->pending) {
+			bool write;
+
+			sv->pending_page = workload_next(&sv->ws, &write);
+			sv->pending_write = write;
+			sv->pending = true;
+		}
+		gpa = base + sv->pending_page * PAGE_SIZE;
+		if (sv->pending_write) {
+			uint64_t stamp = stamp_make(sv->idx, READ_ONCE(svm->round), sv->pending_page);
 
 			r = vcpu_write_u64(vcpu, gpa, stamp);
 			stat_inc(sv->stats.writes);
@@ -55,17 +80,25 @@ static void *soft_vcpu_thread(void *arg)
 			uint64_t v;
 
 			r = vcpu_read_u64(vcpu, gpa, &v);
-			if (!r && v && (stamp_vcpu(v) != (uint32_t)sv->idx || stamp_page(v) != page ||
-					stamp_round(v) > READ_ONCE(svm->round)))
+			if (!r && v &&
+			    (stamp_vcpu(v) != (uint32_t)sv->idx || stamp_page(v) != sv->pending_page ||
+			     stamp_round(v) > READ_ONCE(svm->round)))
 				stat_inc(sv->stats.bad_reads);
 			stat_inc(sv->stats.reads);
 		}
 		if (r)
 			break;
+		sv->pending = false;
+		sv->accesses++;
 		if (++n == svm->cfg.max_accesses)
 			break;
-		/* Rate limit: sleep when ahead of the schedule, checked every 64 accesses. */
-		if (svm->cfg.workload.rate && !(n & 63)) {
+		if (n & 1023)
+			continue;
+		pct = READ_ONCE(svm->throttle_pct);
+		if (pct)
+			soft_vcpu_throttle(vcpu, pct, &mark);
+		/* Rate limit: sleep when ahead of the schedule. */
+		if (svm->cfg.workload.rate) {
 			uint64_t due = t0 + n * 1000000000ull / svm->cfg.workload.rate, now = now_ns();
 
 			if (due > now) {
@@ -135,6 +168,7 @@ int soft_vm_create(const struct soft_vm_config *cfg, struct soft_vm **out)
 	for (i = 0; i < cfg->vcpus; i++) {
 		svm->vcpus[i].svm = svm;
 		svm->vcpus[i].idx = i;
+		workload_init(&svm->vcpus[i].ws, &cfg->workload, i, svm->pages_per_vcpu);
 	}
 	*out = svm;
 	return 0;
@@ -169,6 +203,8 @@ void soft_vm_stop(struct soft_vm *svm)
 	int i;
 
 	WRITE_ONCE(svm->stop, true);
+	/* Parked vCPUs finish the access in flight, then see stop. */
+	vm_resume(svm->vm);
 	for (i = 0; i < svm->cfg.vcpus; i++) {
 		if (!svm->vcpus[i].started)
 			continue;
@@ -256,5 +292,80 @@ int soft_vm_verify(struct soft_vm *svm, char *err, unsigned long errlen)
 			}
 		}
 	}
+	return 0;
+}
+
+uint32_t soft_vm_round(const struct soft_vm *svm)
+{
+	return READ_ONCE(svm->round);
+}
+
+void soft_vm_set_throttle(struct soft_vm *svm, uint32_t pct)
+{
+	WRITE_ONCE(svm->throttle_pct, pct > 99 ? 99 : pct);
+}
+
+/* Version 1 of a soft vCPU's saved state; fixed-width little-endian fields. */
+struct soft_vcpu_state_v1 {
+	uint32_t magic;			/* SOFT_VCPU_STATE_MAGIC */
+	uint32_t version;		/* 1 */
+	uint32_t vcpu;			/* vCPU index */
+	uint32_t round;			/* VM round stamped into writes */
+	struct workload_state ws;	/* workload position */
+	uint64_t accesses;		/* accesses completed */
+	uint64_t pending_page;		/* access in flight */
+	uint32_t pending;		/* 1 if pending_page is valid */
+	uint32_t pending_write;		/* 1 if it writes */
+};
+#define SOFT_VCPU_STATE_MAGIC 0x53435055u /* "UPCS" */
+
+int soft_vm_save_vcpu(struct soft_vm *svm, int idx, void *buf, size_t len, size_t *used)
+{
+	struct soft_vcpu_state_v1 st;
+	struct soft_vcpu *sv;
+
+	if (idx < 0 || idx >= svm->cfg.vcpus)
+		return -EINVAL;
+	if (len < sizeof(st))
+		return -ENOSPC;
+	sv = &svm->vcpus[idx];
+	memset(&st, 0, sizeof(st));
+	st.magic = SOFT_VCPU_STATE_MAGIC;
+	st.version = 1;
+	st.vcpu = (uint32_t)idx;
+	st.round = READ_ONCE(svm->round);
+	st.ws = sv->ws;
+	st.accesses = sv->accesses;
+	st.pending_page = sv->pending_page;
+	st.pending = sv->pending;
+	st.pending_write = sv->pending_write;
+	memcpy(buf, &st, sizeof(st));
+	*used = sizeof(st);
+	return 0;
+}
+
+int soft_vm_load_vcpu(struct soft_vm *svm, int idx, const void *buf, size_t len)
+{
+	struct soft_vcpu_state_v1 st;
+	struct soft_vcpu *sv;
+
+	if (idx < 0 || idx >= svm->cfg.vcpus || len != sizeof(st))
+		return -EINVAL;
+	memcpy(&st, buf, sizeof(st));
+	if (st.magic != SOFT_VCPU_STATE_MAGIC || st.version != 1 || st.vcpu != (uint32_t)idx ||
+	    st.ws.vcpu_id != (uint32_t)idx || st.ws.npages != svm->pages_per_vcpu || !st.ws.rng ||
+	    st.ws.next_seq >= st.ws.npages || st.ws.spec.pattern > WL_HOTSET ||
+	    (st.pending && st.pending_page >= svm->pages_per_vcpu) ||
+	    !st.round || st.round > STAMP_ROUND_MASK)
+		return -EINVAL;
+	sv = &svm->vcpus[idx];
+	if (sv->started)
+		return -EBUSY;
+	sv->ws = st.ws;
+	sv->accesses = st.accesses;
+	sv->pending_page = st.pending_page;
+	sv->pending = st.pending;
+	sv->pending_write = st.pending_write;
+	WRITE_ONCE(svm->round, st.round);
 	return 0;
 }
