@@ -347,24 +347,13 @@ static int hm_replace_piece(struct host_mem *hm, uint64_t idx, uint64_t n, bool 
 	return 0;
 }
 
-int __host_mem_replace(struct host_mem *hm, hva_t start, size_t len, unsigned int flags,
-		       host_mem_fill_fn fill, void *opaque)
+static int __host_mem_replace_locked(struct host_mem *hm, hva_t start, hva_t end,
+				     unsigned int flags, host_mem_fill_fn fill, void *opaque)
 {
-	hva_t end = start + len;
-	uint64_t idx, last;
+	uint64_t idx = (start - hm->backing.hva) >> PAGE_SHIFT;
+	uint64_t last = (end - hm->backing.hva) >> PAGE_SHIFT;
 	int r = 0;
 
-	if (!len || end < start || (flags & HOST_MEM_HUGE && flags & HOST_MEM_SMALL) ||
-	    (flags & ~(HOST_MEM_COPY | HOST_MEM_HUGE | HOST_MEM_SMALL)))
-		return -EINVAL;
-	start = ALIGN_DOWN(start, PAGE_SIZE);
-	end = ALIGN_UP(end, PAGE_SIZE);
-	if (!hm_contains(hm, start) || !hm_contains(hm, end - 1))
-		return -EINVAL;
-	idx = (start - hm->backing.hva) >> PAGE_SHIFT;
-	last = (end - hm->backing.hva) >> PAGE_SHIFT;
-
-	pthread_mutex_lock(&hm->lock);
 	while (idx < last && !r) {
 		uint64_t frame_end = ALIGN_DOWN(idx, PAGES_PER_2M) + PAGES_PER_2M;
 		uint64_t n = MIN(frame_end, last) - idx;
@@ -379,29 +368,93 @@ int __host_mem_replace(struct host_mem *hm, hva_t start, size_t len, unsigned in
 		r = hm_replace_piece(hm, idx, n, huge, flags, fill, opaque);
 		idx += n;
 	}
+	return r;
+}
+
+static bool replace_args_ok(size_t len, hva_t start, unsigned int flags)
+{
+	return len && start + len > start && !(flags & HOST_MEM_HUGE && flags & HOST_MEM_SMALL) &&
+	       !(flags & ~(HOST_MEM_COPY | HOST_MEM_HUGE | HOST_MEM_SMALL));
+}
+
+int __host_mem_replace(struct host_mem *hm, hva_t start, size_t len, unsigned int flags,
+		       host_mem_fill_fn fill, void *opaque)
+{
+	hva_t end = start + len;
+	int r;
+
+	if (!replace_args_ok(len, start, flags))
+		return -EINVAL;
+	start = ALIGN_DOWN(start, PAGE_SIZE);
+	end = ALIGN_UP(end, PAGE_SIZE);
+	if (!hm_contains(hm, start) || !hm_contains(hm, end - 1))
+		return -EINVAL;
+	pthread_mutex_lock(&hm->lock);
+	r = __host_mem_replace_locked(hm, start, end, flags, fill, opaque);
+	pthread_mutex_unlock(&hm->lock);
+	return r;
+}
+
+/*
+ * The notifier range of a change to [start, end) of @hm: a huge mapping
+ * partly inside is split first, and a split invalidates the whole 2 MiB
+ * (Linux's split_huge_pmd notifies over the full huge page). Without this, a
+ * fault on a gfn of the frame outside [start, end) could still map the
+ * frame huge, over pages that are being replaced. Under hm->lock.
+ */
+static void hm_notifier_range(const struct host_mem *hm, hva_t *start, hva_t *end)
+{
+	hva_t base = hm->backing.hva;
+
+	if (!IS_ALIGNED(*start - base, SZ_2M) && hm->huge[(*start - base) >> 21])
+		*start = base + ALIGN_DOWN(*start - base, SZ_2M);
+	if (!IS_ALIGNED(*end - base, SZ_2M) && hm->huge[(*end - base) >> 21])
+		*end = base + ALIGN_UP(*end - base, SZ_2M);
+}
+
+/* host_mem change bracketed by the notifier over the (widened) range. */
+static int hm_replace_notify(struct vm *vm, struct host_mem *hm, hva_t s, hva_t e,
+			     unsigned int flags, host_mem_fill_fn fill, void *opaque)
+{
+	hva_t ns = s, ne = e;
+	int r;
+
+	pthread_mutex_lock(&hm->lock);
+	hm_notifier_range(hm, &ns, &ne);
+	r = invalidate_range_start(vm, ns, ne);
+	if (!r) {
+		r = __host_mem_replace_locked(hm, s, e, flags, fill, opaque);
+		invalidate_range_end(vm, ns, ne);
+	}
 	pthread_mutex_unlock(&hm->lock);
 	return r;
 }
 
 /* ---- the vm-level operations: notifier around the host change ---- */
 
-/* The host_mem behind [start, end) of @vm, or NULL (plain anonymous memory). */
-static struct host_mem *vm_find_host_mem(struct vm *vm, hva_t start, hva_t end)
+/*
+ * The host_mem behind [start, end) of @vm in *@hmp, or NULL (plain anonymous
+ * memory). -EINVAL when the range is partly inside a host_mem.
+ */
+static int vm_find_host_mem(struct vm *vm, hva_t start, hva_t end, struct host_mem **hmp)
 {
-	struct host_mem *hm = NULL;
-	int i;
+	int i, r = 0;
 
+	*hmp = NULL;
 	pthread_mutex_lock(&vm->slots_lock);
 	for (i = 0; i < vm->nr_backings; i++) {
 		const struct mem_backing *b = vm->backings[i];
 
-		if (b->ops == &host_mem_ops && start >= b->hva && end <= b->hva + b->size) {
-			hm = b->priv;
-			break;
-		}
+		if (b->ops != &host_mem_ops || end <= b->hva || start >= b->hva + b->size)
+			continue;
+		if (start >= b->hva && end <= b->hva + b->size)
+			*hmp = b->priv;
+		else
+			r = -EINVAL;
+		break;
 	}
 	pthread_mutex_unlock(&vm->slots_lock);
-	return hm;
+	return r;
 }
 
 /* Anonymous memory: the change between start and end, with madvise. */
@@ -445,19 +498,19 @@ int host_mem_replace(struct vm *vm, hva_t start, size_t len, unsigned int flags,
 	struct host_mem *hm;
 	int r;
 
-	if (!len || end < start || (flags & HOST_MEM_HUGE && flags & HOST_MEM_SMALL) ||
-	    (flags & ~(HOST_MEM_COPY | HOST_MEM_HUGE | HOST_MEM_SMALL)))
+	if (!replace_args_ok(len, start, flags))
 		return -EINVAL;
 	s = ALIGN_DOWN(start, PAGE_SIZE);
 	e = ALIGN_UP(end, PAGE_SIZE);
-	hm = vm_find_host_mem(vm, s, e);
-	r = invalidate_range_start(vm, s, e);
+	r = vm_find_host_mem(vm, s, e, &hm);
 	if (r)
 		return r;
 	if (hm)
-		r = __host_mem_replace(hm, s, e - s, flags, fill, opaque);
-	else
-		r = anon_replace(s, e - s, flags, fill, opaque);
+		return hm_replace_notify(vm, hm, s, e, flags, fill, opaque);
+	r = invalidate_range_start(vm, s, e);
+	if (r)
+		return r;
+	r = anon_replace(s, e - s, flags, fill, opaque);
 	invalidate_range_end(vm, s, e);
 	return r;
 }
@@ -472,13 +525,15 @@ int host_mem_discard(struct vm *vm, hva_t start, size_t len)
 		return -EINVAL;
 	s = ALIGN_DOWN(start, PAGE_SIZE);
 	e = ALIGN_UP(end, PAGE_SIZE);
-	hm = vm_find_host_mem(vm, s, e);
-	r = invalidate_range_start(vm, s, e);
+	r = vm_find_host_mem(vm, s, e, &hm);
 	if (r)
 		return r;
 	if (hm)
-		r = __host_mem_replace(hm, s, e - s, 0, NULL, NULL);
-	else if (madvise((void *)s, e - s, MADV_DONTNEED))
+		return hm_replace_notify(vm, hm, s, e, 0, NULL, NULL);
+	r = invalidate_range_start(vm, s, e);
+	if (r)
+		return r;
+	if (madvise((void *)s, e - s, MADV_DONTNEED))
 		r = -errno;
 	invalidate_range_end(vm, s, e);
 	return r;
