@@ -65,7 +65,9 @@ fuzz:
 demo: build
 	@$(BUILD)/rmapvm demo
 
+# Every figure at full size (about ten minutes): CSVs and PNGs in bench-results/.
 bench: build
+	@scripts/ensure-deps.sh gnuplot-nox
 	@$(BUILD)/rmapvm bench all --out bench-results
 
 format:
