@@ -233,11 +233,12 @@ static int memslots_reserve(struct memslots *set, int nr)
 	return 0;
 }
 
-static void memslots_remove_at(struct memslot **arr, int nr, struct memslot *slot)
+/* Remove @slot from @arr[0..nr), starting the search at @hint (a lower bound). */
+static void memslots_remove_at(struct memslot **arr, int nr, int hint, struct memslot *slot)
 {
 	int i;
 
-	for (i = 0; i < nr; i++) {
+	for (i = hint; i < nr; i++) {
 		if (arr[i] == slot) {
 			memmove(&arr[i], &arr[i + 1], (nr - i - 1) * sizeof(*arr));
 			return;
@@ -276,6 +277,22 @@ static int memslots_insert_pos_hva(const struct memslots *set, const struct mems
 	return lo;
 }
 
+/* First index in by_hva whose hva start is >= @hva. */
+static int memslots_lower_pos_hva(const struct memslots *set, hva_t hva)
+{
+	int lo = 0, hi = set->nr;
+
+	while (lo < hi) {
+		int mid = lo + (hi - lo) / 2;
+
+		if (set->by_hva[mid]->userspace_addr < hva)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 static void memslots_recompute_max_end(struct memslots *set, int from)
 {
 	int i;
@@ -293,10 +310,10 @@ static void memslots_apply(struct memslots *set, struct memslot *old, struct mem
 	int pos, hpos = set->nr;
 
 	if (old) {
-		memslots_remove_at(set->by_gfn, set->nr, old);
-		for (hpos = 0; set->by_hva[hpos] != old; hpos++)
-			;
-		memslots_remove_at(set->by_hva, set->nr, old);
+		/* Binary searches give the first candidate; equal hva keys are scanned. */
+		memslots_remove_at(set->by_gfn, set->nr, memslots_insert_pos_gfn(set, old), old);
+		hpos = memslots_lower_pos_hva(set, old->userspace_addr);
+		memslots_remove_at(set->by_hva, set->nr, hpos, old);
 		set->nr--;
 	}
 	if (new) {
