@@ -86,6 +86,45 @@ static void test_thp_backing_maps_2m(void **state)
 	backing_free(&b);
 }
 
+static void hugetlb_maps_level(enum backing_type type, int level, uint64_t size)
+{
+	struct vm *vm = new_vm(1);
+	struct vcpu *v = vm_get_vcpu(vm, 0);
+	struct mem_backing b;
+	int r = backing_alloc(&b, type, size);
+
+	if (r == -EOPNOTSUPP) {
+		vm_destroy(vm);
+		TEST_SKIP("no hugetlbfs pages of %s on this host (see /proc/meminfo)",
+			  backing_name(type));
+	}
+	assert_int_equal(r, 0);
+	assert_int_equal(vm_register_backing(vm, &b), 0);
+	assert_int_equal(add_slot(vm, 0, 0, b.size, b.hva, 0), 0);
+	vcpu_load(v);
+	r = vcpu_write_u64(v, 0x3000, 9);
+	vcpu_put(v);
+	if (r == -EFAULT) { /* reserved pages ran out between mmap and fault */
+		vm_destroy(vm);
+		backing_free(&b);
+		TEST_SKIP("hugetlbfs pages of %s could not be populated", backing_name(type));
+	}
+	assert_int_equal(r, 0);
+	assert_int_equal(leaf_level(vm, 0x3000), level);
+	vm_destroy(vm);
+	backing_free(&b);
+}
+
+static void test_hugetlb_2m(void **state)
+{
+	hugetlb_maps_level(BACKING_HUGETLB_2M, PG_LEVEL_2M, 2 * SZ_2M);
+}
+
+static void test_hugetlb_1g(void **state)
+{
+	hugetlb_maps_level(BACKING_HUGETLB_1G, PG_LEVEL_1G, SZ_1G);
+}
+
 static void test_unaligned_slot_never_huge(void **state)
 {
 	struct vm *vm = new_vm(1);
@@ -172,6 +211,8 @@ int main(void)
 		cmocka_unit_test(test_4k_backing_maps_4k),
 		cmocka_unit_test(test_thp_backing_maps_2m),
 		cmocka_unit_test(test_unaligned_slot_never_huge),
+		cmocka_unit_test(test_hugetlb_2m),
+		cmocka_unit_test(test_hugetlb_1g),
 		cmocka_unit_test(test_prefault_levels),
 		cmocka_unit_test(test_fast_path_after_write_protect),
 	};
