@@ -46,6 +46,9 @@ struct dirty_log_vm {
 	int nr_vcpus;
 	struct dirty_ring **rings;	/* per vCPU, ring mode */
 	struct pml_buffer **pml;	/* per vCPU, D-bit mode */
+	/* MMU_DEBUG_SKIP_REPROTECT_WORD: the word never re-protected, (slot id << 48 | page
+	 * offset), chosen by the first harvest that re-protects something; ~0 = not yet. */
+	uint64_t debug_skip_key;
 	struct dirty_log_stats stats;	/* relaxed atomics */
 };
 
@@ -67,7 +70,7 @@ struct dirty_ctx {
 	enum dirty_log_lock lock;
 	bool dbit;			/* clear D instead of W on 4 KiB leaves */
 	bool shared;			/* mmu_lock held for read: lock rmap heads */
-	bool skip_word;			/* MMU_DEBUG_SKIP_REPROTECT_WORD still to apply */
+	bool skip_word;			/* MMU_DEBUG_SKIP_REPROTECT_WORD is on */
 	bool flush;			/* a remote TLB flush is due before returning */
 	/* walk: the pages to re-protect, collected, then one walk at the end */
 	uint64_t *walk_bits;		/* bit i = page walk_first + i */
@@ -89,6 +92,8 @@ void dirty_ctx_unlock(struct dirty_ctx *ctx);
  * Sets ctx->flush. For walk, only collects (see dirty_walk_finish()).
  */
 void dirty_reprotect_masked(struct dirty_ctx *ctx, uint64_t offset, uint64_t mask);
+/* Test-only: true if the word at @offset is the one MMU_DEBUG_SKIP_REPROTECT_WORD leaves alone. */
+bool dirty_debug_skip(struct dirty_ctx *ctx, uint64_t offset);
 /*
  * __dirty_get_and_clear() - fetch, clear and re-protect [first, first +
  * npages) of ctx->slot into @out (first a multiple of 64); takes and drops

@@ -103,6 +103,7 @@ struct dirty_log_vm *dirty_log_vm(struct vm *vm)
 		return NULL;
 	dirty_log_config_default(&dl->cfg);
 	dl->nr_vcpus = vm->nr_vcpus;
+	dl->debug_skip_key = ~0ull;
 	__atomic_store_n((struct dirty_log_vm **)&vm->dirty_log, dl, __ATOMIC_RELEASE);
 	return dl;
 }
@@ -503,7 +504,8 @@ static void dirty_split_at(struct dirty_ctx *ctx, gfn_t gfn)
 	int level;
 
 	while ((sptep = mmu_lookup_leaf(vm, ctx->slot->as_id, gfn, &level)) && level > PG_LEVEL_4K) {
-		if (mmu_split_huge_leaf(vm, &vm->host_caches, ctx->slot, sptep, gfn, level, true))
+		/* Permissions kept, as KVM's eager split: the mask's pages are protected next. */
+		if (mmu_split_huge_leaf(vm, &vm->host_caches, ctx->slot, sptep, gfn, level, false))
 			return;
 		ctx->flush = true;
 		ctx->tdp_spt = NULL;
@@ -521,6 +523,16 @@ static void bits_or_at(uint64_t *bits, uint64_t pos, uint64_t mask)
 		bits[pos / 64 + 1] |= mask >> (64 - sh);
 }
 
+bool dirty_debug_skip(struct dirty_ctx *ctx, uint64_t offset)
+{
+	struct dirty_log_vm *dl = dirty_log_vm(ctx->vm);
+	uint64_t key = (uint64_t)ctx->slot->id << 48 | offset;
+
+	if (dl->debug_skip_key == ~0ull)
+		dl->debug_skip_key = key;
+	return dl->debug_skip_key == key;
+}
+
 void dirty_reprotect_masked(struct dirty_ctx *ctx, uint64_t offset, uint64_t mask)
 {
 	const struct memslot *slot = ctx->slot;
@@ -532,15 +544,8 @@ void dirty_reprotect_masked(struct dirty_ctx *ctx, uint64_t offset, uint64_t mas
 	/* Pages were handed out: flush before returning even if no spte changed
 	 * here (a concurrent harvest may have cleared W and not flushed yet). */
 	ctx->flush = true;
-	if (unlikely(ctx->skip_word)) {
-		ctx->skip_word = false; /* test-only: this word stays writable */
-		return;
-	}
-	if (ctx->algo == DIRTY_ALGO_WALK) {
-		if (ctx->walk_bits)
-			bits_or_at(ctx->walk_bits, offset - ctx->walk_first, mask);
-		return;
-	}
+	if (unlikely(ctx->skip_word) && dirty_debug_skip(ctx, offset))
+		return; /* test-only: this word stays writable */
 	start = base + __builtin_ctzll(mask);
 	end = base + 63 - __builtin_clzll(mask);
 	if (ctx->ds->lazy_protect) {
@@ -553,7 +558,10 @@ void dirty_reprotect_masked(struct dirty_ctx *ctx, uint64_t offset, uint64_t mas
 		if ((start ^ end) >> 9)
 			n += dirty_protect_huge_at(ctx, end);
 	}
-	if (ctx->algo == DIRTY_ALGO_RMAP)
+	if (ctx->algo == DIRTY_ALGO_WALK) {
+		if (ctx->walk_bits)
+			bits_or_at(ctx->walk_bits, offset - ctx->walk_first, mask);
+	} else if (ctx->algo == DIRTY_ALGO_RMAP)
 		n += dirty_rmap_reprotect_masked(slot, base, mask, ctx->dbit, ctx->shared);
 	else
 		n += dirty_tdp_reprotect(ctx, start, end, &mask, base);
@@ -697,14 +705,17 @@ static uint64_t dirty_get_walk(struct dirty_ctx *ctx, uint64_t *bitmap)
 		pages += __builtin_popcountll(bitmap[j]);
 	}
 	if (ctx->skip_word) {
-		/* Test-only: protect everything but the first non-zero word. */
+		/* Test-only: protect everything but one word (the first dirty one, then always it). */
 		skip = malloc(nw * sizeof(*skip));
 		if (skip) {
 			memset(skip, 0xff, nw * sizeof(*skip));
 			for (j = 0; j < nw && !bitmap[j]; j++)
 				;
 			if (j < nw)
-				skip[j] = ~bitmap[j];
+				dirty_debug_skip(ctx, 64 * j); /* chooses the word if none yet */
+			for (j = 0; j < nw; j++)
+				if (dirty_debug_skip(ctx, 64 * j))
+					skip[j] = 0;
 		}
 	}
 	dirty_ctx_lock(ctx);
