@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 #include "mmu/dirty_internal.h"
@@ -178,12 +179,13 @@ static void wait_used_stable(struct rfx *f, int *used)
 	int prev = -1, same = 0;
 
 	/* The vCPU stops at the soft limit: the count stays put. */
-	while (same < 50) {
+	while (same < 20) {
+		struct timespec ts = { 0, 1000000 };
 		int u = dirty_ring_used(f->vm, 0);
 
-		same = u == prev ? same + 1 : 0;
+		same = u && u == prev ? same + 1 : 0;
 		prev = u;
-		sched_yield();
+		nanosleep(&ts, NULL);
 	}
 	*used = prev;
 }
