@@ -13,7 +13,7 @@ static inline bool test_bit_at(const uint64_t *bits, uint64_t i)
  * (KVM's spte_has_volatile_bits()); any other needs an atomic clear so that
  * a concurrent W, A or D is not lost.
  */
-bool dirty_spte_reprotect(uint64_t *sptep, bool dbit)
+inline bool dirty_spte_reprotect(uint64_t *sptep, bool dbit)
 {
 	const uint64_t wad = SPTE_W_MASK | SPTE_A_MASK | SPTE_D_MASK;
 	uint64_t bit = dbit ? SPTE_D_MASK : SPTE_W_MASK;
@@ -52,8 +52,15 @@ static unsigned int rmap_head_reprotect(struct rmap_head *head, int level, bool 
 		tmp.val = rmap_lock(head);
 	else
 		tmp.val = head->val;
+	if (likely(!(tmp.val & RMAP_MANY))) {
+		/* One spte (the common case: one root maps the gfn): no iterator. */
+		sptep = (uint64_t *)tmp.val;
+		n = level == PG_LEVEL_4K ? dirty_spte_reprotect(sptep, dbit) : spte_protect_huge(sptep);
+		goto out;
+	}
 	for_each_rmap_spte(&tmp, &iter, sptep)
 		n += level == PG_LEVEL_4K ? dirty_spte_reprotect(sptep, dbit) : spte_protect_huge(sptep);
+out:
 	if (shared)
 		rmap_unlock(head, tmp.val);
 	return n;
