@@ -775,9 +775,12 @@ static void ring_entry(void *opaque, uint32_t slot, uint64_t offset)
 
 static int harvest_rings(struct mig_source *ms)
 {
+	int r;
+
 	if (ms->p.dirty.mode != DIRTY_MODE_RING)
 		return 0;
-	return ms->be->ops->harvest_rings(ms->be, ring_entry, ms);
+	r = ms->be->ops->harvest_rings(ms->be, ring_entry, ms);
+	return r < 0 ? r : 0;
 }
 
 /* Send the ROUND marker on every channel. */
