@@ -9,6 +9,12 @@
 #define KVM_MEM_LOG_DIRTY_PAGES (1u << 0)
 #define KVM_MEM_READONLY	(1u << 1)
 #define KVM_MEM_VALID_FLAGS	(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)
+/*
+ * Internal: a slot being deleted or moved. It stays in the published set
+ * (so MMU-notifier invalidations still find and zap its sptes) while its
+ * sptes are zapped, but faults on it retry and nothing new maps it.
+ */
+#define KVM_MEMSLOT_INVALID	(1u << 16)
 
 #define KVM_ADDRESS_SPACE_NUM 2
 #define KVM_USER_MEM_SLOTS    32764

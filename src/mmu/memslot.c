@@ -415,6 +415,32 @@ static int memslots_swap(struct vm *vm, int as, struct memslot *old, struct mems
 	return 0;
 }
 
+/*
+ * Replace *@oldp in the published set by an INVALID copy of it (sharing its
+ * rmaps, lpage_info and bitmap) and free the original struct; *@oldp then
+ * points to the copy. After it, no fault maps the slot, but notifiers still
+ * find it. 0 or -ENOMEM.
+ */
+static int memslot_invalidate(struct vm *vm, int as_id, struct memslot **oldp)
+{
+	struct memslot *old = *oldp, *inv = malloc(sizeof(*inv));
+	int r;
+
+	if (!inv)
+		return -ENOMEM;
+	*inv = *old;
+	inv->flags |= KVM_MEMSLOT_INVALID;
+	r = memslots_swap(vm, as_id, old, inv);
+	if (r) {
+		free(inv);
+		return r;
+	}
+	vm->id_to_slot[as_id][old->id] = inv;
+	free(old); /* its arrays now belong to @inv */
+	*oldp = inv;
+	return 0;
+}
+
 static bool memslot_overlaps(struct vm *vm, int as, int id, gfn_t base, uint64_t npages)
 {
 	struct memslots *slots = vm->memslots[as];
@@ -547,19 +573,17 @@ int vm_set_user_memory_region(struct vm *vm, const struct vm_memory_region *mem)
 
 	if (move) {
 		/* A move is a delete followed by a create with the same id. */
-		r = memslots_swap(vm, as_id, old, NULL);
+		r = memslot_invalidate(vm, as_id, &old);
 		if (r)
 			goto out_free_log;
-		vm->id_to_slot[as_id][id] = NULL;
 		mmu_zap_memslot(vm, old);
-		memslot_free(vm, old);
-		old = NULL;
 	}
 	r = memslots_swap(vm, as_id, old, new);
-	if (r) {
-		if (move)
-			goto out_free_log; /* the old slot is gone, as in KVM */
-		goto out_free_log;
+	if (r)
+		goto out_free_log; /* a moved slot stays invalid: deleted, as KVM leaves it */
+	if (move) {
+		memslot_free(vm, old);
+		old = NULL;
 	}
 	vm->id_to_slot[as_id][id] = new;
 	if (old) {
@@ -578,11 +602,15 @@ int vm_set_user_memory_region(struct vm *vm, const struct vm_memory_region *mem)
 	goto out;
 
 delete:
+	/* Invalid first (notifiers still find it, faults retry), zap, then remove. */
+	r = memslot_invalidate(vm, as_id, &old);
+	if (r)
+		goto out;
+	mmu_zap_memslot(vm, old);
 	r = memslots_swap(vm, as_id, old, NULL);
 	if (r)
 		goto out;
 	vm->id_to_slot[as_id][id] = NULL;
-	mmu_zap_memslot(vm, old);
 	memslot_free(vm, old);
 	goto out;
 

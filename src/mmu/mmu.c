@@ -198,13 +198,10 @@ static void rmap_add(struct mmu_caches *c, struct rmap_head *head, uint64_t *spt
 
 /* ---- leaves ---- */
 
+/* The slot of a mapped gfn: slots being deleted stay published (INVALID) until zapped. */
 static struct memslot *mmu_slot_for_zap(struct vm *vm, int as_id, gfn_t gfn)
 {
-	struct memslot *slot = memslots_find_gfn(vm_memslots(vm, as_id), gfn);
-
-	if (!slot && vm->dying_slot[as_id] && memslot_contains(vm->dying_slot[as_id], gfn))
-		slot = vm->dying_slot[as_id];
-	return slot;
+	return memslots_find_gfn(vm_memslots(vm, as_id), gfn);
 }
 
 bool mmu_zap_leaf(struct vm *vm, struct mmu_caches *c, const struct memslot *slot, uint64_t *sptep,
@@ -522,8 +519,6 @@ void mmu_zap_memslot(struct vm *vm, struct memslot *slot)
 	mmu_write_lock(vm);
 	flush = mmu_zap_slot_rmaps(vm, &vm->host_caches, slot);
 	mmu_free_empty_tables(vm, &invalid);
-	if (vm->dying_slot[slot->as_id] == slot)
-		vm->dying_slot[slot->as_id] = NULL;
 	if (!list_empty(&invalid))
 		mmu_commit_zap(vm, &invalid); /* flushes */
 	else if (flush)
@@ -597,6 +592,11 @@ int kvm_mmu_page_fault(struct vcpu *vcpu, gfn_t gfn, bool write)
 
 	vcpu_srcu_read_lock(vcpu);
 	slot = memslots_find_gfn(vm_memslots(vm, vcpu->as_id), gfn);
+	if (slot && (slot->flags & KVM_MEMSLOT_INVALID)) {
+		/* Being deleted or moved: retry until the new memslots are published. */
+		stat_inc(vcpu->stats.fault_retries);
+		goto out;
+	}
 	if (!slot || (write && (slot->flags & KVM_MEM_READONLY))) {
 		stat_inc(vcpu->stats.mmio_exits);
 		r = -EFAULT;
@@ -689,7 +689,7 @@ int64_t vm_prefault_memory(struct vm *vm, int as_id, gpa_t gpa, uint64_t size, i
 			int level, m;
 			uint64_t pages;
 
-			if (!slot) {
+			if (!slot || (slot->flags & KVM_MEMSLOT_INVALID)) {
 				r = -ENOENT;
 				break;
 			}

@@ -165,7 +165,6 @@ struct vm {
 	struct mmu_page *root[KVM_ADDRESS_SPACE_NUM];
 	struct list_head active_mmu_pages;	/* every live table, newest first */
 	pthread_mutex_t mmu_pages_lock;		/* active_mmu_pages, for shared-lock faults */
-	struct memslot *dying_slot[KVM_ADDRESS_SPACE_NUM]; /* being deleted; mmu_lock */
 	uint64_t nr_mmu_pages;
 	uint64_t nr_leaf_sptes[PG_LEVEL_MAX_LEAF];
 	struct mmu_page_pool pool;

@@ -400,8 +400,9 @@ void vm_get_stats(struct vm *vm, struct vm_stats *st)
 	for (level = 0; level < PG_LEVEL_MAX_LEAF; level++)
 		st->leaf_sptes[level] = READ_ONCE(vm->nr_leaf_sptes[level]);
 
+	/* For write: shared-lock faults change rmaps and the page count as readers. */
 	pthread_mutex_lock(&vm->slots_lock);
-	mmu_read_lock(vm);
+	mmu_write_lock(vm);
 	st->mmu_pages = vm->nr_mmu_pages;
 	st->page_table_bytes = vm->nr_mmu_pages * (PAGE_SIZE + sizeof(struct mmu_page));
 	for (as = 0; as < KVM_ADDRESS_SPACE_NUM; as++) {
@@ -425,6 +426,6 @@ void vm_get_stats(struct vm *vm, struct vm_stats *st)
 		}
 	}
 	st->rmap_bytes += st->rmap_descs * sizeof(struct pte_list_desc);
-	mmu_read_unlock(vm);
+	mmu_write_unlock(vm);
 	pthread_mutex_unlock(&vm->slots_lock);
 }
