@@ -14,7 +14,8 @@ FUZZ_TARGETS := $(notdir $(basename $(wildcard tests/fuzz/fuzz_*.c)))
 FUZZ_SECONDS ?= $(shell expr 60 / $(words $(FUZZ_TARGETS)))
 FUZZ_LONG_SECONDS ?= 600
 
-.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz demo bench clean format
+.PHONY: all deps build test test-unit test-asan test-tsan test-fuzz fuzz stress demo bench clean format
+STRESS_SECONDS ?= 300
 
 all: build
 
@@ -61,6 +62,14 @@ test-fuzz: deps
 
 fuzz:
 	@$(MAKE) --no-print-directory test-fuzz FUZZ_SECONDS=$(FUZZ_LONG_SECONDS)
+
+# Long runs under TSan of vCPUs, harvests, invalidations and memslot changes
+# at once, checking the dirty-log invariant throughout (not part of `make test`).
+stress: deps
+	@cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRMAPVM_SANITIZE=thread >/dev/null
+	@cmake --build $(BUILD_TSAN) -j $(JOBS) --target stress_mmu
+	@$(BUILD_TSAN)/tests/stress_mmu $(STRESS_SECONDS) exclusive
+	@$(BUILD_TSAN)/tests/stress_mmu $(STRESS_SECONDS) shared
 
 demo: build
 	@$(BUILD)/rmapvm demo
