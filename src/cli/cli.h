@@ -25,6 +25,14 @@ struct run_options {
 	const char *migrate_to;		/* --migrate-to URI, NULL = none */
 	double migrate_after_s;		/* --migrate-after */
 	const char *control;		/* --control PATH */
+	const char *harvest;		/* --harvest rmap|walk|tdp (soft), NULL = default */
+	uint64_t range_bytes;		/* --range-size, 0 = default */
+	int threads;			/* --threads: harvester/sender threads, 0 = 1 */
+	uint32_t downtime_ms;		/* --downtime-ms, 0 = 300 */
+	double timeout_s;		/* --timeout, 0 = none */
+	bool timeout_force;		/* --timeout-action force */
+	uint64_t bandwidth;		/* --bandwidth bytes/s, 0 = none */
+	bool compress;			/* --compress (zstd) */
 };
 
 /* Print "rmapvm: <message>" to stderr and exit(1). */

@@ -1,4 +1,4 @@
-/* main.c: `rmapvm` command dispatch: run, bench, demo. */
+/* main.c: `rmapvm` command dispatch: run, incoming, bench, demo. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -9,6 +9,8 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "cli_migrate.h"
+#include "rmapvm/migrate.h"
 #include "rmapvm/util.h"
 
 /* Linked in when the KVM backend is built (src/cli/run_kvm.c). */
@@ -22,6 +24,12 @@ static void usage(FILE *f)
 	      "  run      run a VM: --backend soft|kvm|auto --mem SIZE --vcpus N --slots N\n"
 	      "           --backing 4k|thp|hugetlb|hugetlb1g --workload SPEC --duration T\n"
 	      "           [--lock exclusive|shared] [--json]\n"
+	      "           migration: --migrate-to URI [--migrate-after T] [--control PATH]\n"
+	      "           [--dirty-mode bitmap|manual|ring|dbit] [--harvest rmap|walk|tdp]\n"
+	      "           [--range-size SIZE] [--threads N] [--downtime-ms MS] [--timeout T]\n"
+	      "           [--timeout-action cancel|force] [--bandwidth SIZE/s] [--compress]\n"
+	      "  incoming receive a migrating VM: --listen URI [--json] [--duration T]\n"
+	      "           URI: tcp:HOST:PORT | unix:PATH | file:PATH\n"
 	      "  bench    run a benchmark: rmapvm bench --help lists them\n"
 	      "  demo     the end-to-end demonstration (what `make demo` runs)\n"
 	      "\n"
@@ -52,6 +60,18 @@ static int cmd_run(int argc, char **argv)
 		{ "lock", required_argument, NULL, 'l' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "migrate-to", required_argument, NULL, 'M' },
+		{ "migrate-after", required_argument, NULL, 'A' },
+		{ "control", required_argument, NULL, 'C' },
+		{ "dirty-mode", required_argument, NULL, 'D' },
+		{ "harvest", required_argument, NULL, 'H' },
+		{ "range-size", required_argument, NULL, 'R' },
+		{ "threads", required_argument, NULL, 'T' },
+		{ "downtime-ms", required_argument, NULL, 'W' },
+		{ "timeout", required_argument, NULL, 'O' },
+		{ "timeout-action", required_argument, NULL, 'X' },
+		{ "bandwidth", required_argument, NULL, 'N' },
+		{ "compress", no_argument, NULL, 'Z' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct run_options opt = {
@@ -104,6 +124,67 @@ static int cmd_run(int argc, char **argv)
 		case 'j':
 			opt.json = true;
 			break;
+		case 'M': {
+			struct mig_uri u;
+
+			if (mig_uri_parse(optarg, &u, err, sizeof(err)))
+				die("--migrate-to: %s", err);
+			opt.migrate_to = optarg;
+			break;
+		}
+		case 'A':
+			opt.migrate_after_s = cli_parse_duration("--migrate-after", optarg);
+			break;
+		case 'C':
+			opt.control = optarg;
+			break;
+		case 'D': {
+			enum dirty_mode m;
+
+			if (dirty_mode_parse(optarg, &m))
+				die("--dirty-mode: '%s' is not bitmap, manual, ring or dbit", optarg);
+			opt.dirty_mode = optarg;
+			break;
+		}
+		case 'H':
+			if (strcmp(optarg, "rmap") && strcmp(optarg, "walk") && strcmp(optarg, "tdp"))
+				die("--harvest: '%s' is not rmap, walk or tdp", optarg);
+			opt.harvest = optarg;
+			break;
+		case 'R':
+			opt.range_bytes = cli_parse_size("--range-size", optarg);
+			if (!opt.range_bytes || opt.range_bytes % (256 << 10))
+				die("--range-size: %s is not a positive multiple of 256 KiB (64 pages)",
+				    optarg);
+			break;
+		case 'T':
+			opt.threads = (int)cli_parse_int("--threads", optarg, 1, 64);
+			break;
+		case 'W':
+			opt.downtime_ms = (uint32_t)cli_parse_int("--downtime-ms", optarg, 1, 2000000);
+			break;
+		case 'O':
+			opt.timeout_s = cli_parse_duration("--timeout", optarg);
+			break;
+		case 'X':
+			if (strcmp(optarg, "cancel") && strcmp(optarg, "force"))
+				die("--timeout-action: '%s' is not cancel or force", optarg);
+			opt.timeout_force = !strcmp(optarg, "force");
+			break;
+		case 'N': {
+			char b[64];
+			size_t n = strlen(optarg);
+
+			/* accept "100M" and "100M/s" */
+			snprintf(b, sizeof(b), "%s", optarg);
+			if (n > 2 && n < sizeof(b) && !strcmp(b + n - 2, "/s"))
+				b[n - 2] = 0;
+			opt.bandwidth = cli_parse_size("--bandwidth", b);
+			break;
+		}
+		case 'Z':
+			opt.compress = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -125,6 +206,11 @@ static int cmd_run(int argc, char **argv)
 		opt.backend = kvm ? "kvm" : "soft";
 		fprintf(stderr, "rmapvm: --backend auto: using %s (%s)\n", opt.backend,
 			kvm ? "/dev/kvm opened" : "/dev/kvm not usable, software MMU");
+	}
+	if (opt.migrate_to || opt.control) {
+		if (!strcmp(opt.backend, "kvm") && !cli_run_kvm)
+			die("--backend kvm: this build has no KVM backend");
+		return cli_run_migrate(&opt);
 	}
 	if (!strcmp(opt.backend, "kvm")) {
 		if (!cli_run_kvm)
@@ -161,6 +247,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "run"))
 		return cmd_run(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "incoming"))
+		return cli_incoming(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "bench"))
 		return cmd_bench(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "demo"))

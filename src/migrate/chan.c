@@ -322,12 +322,12 @@ void chan_close(struct mig_chan *c)
 	pthread_mutex_destroy(&c->lock);
 }
 
-void chan_abort(struct mig_chan *c)
+void chan_abort(struct mig_chan *c, bool writes_only)
 {
 	int fd = MIG_READ_ONCE(c->fd);
 
 	if (fd >= 0 && c->is_socket)
-		shutdown(fd, SHUT_RDWR);
+		shutdown(fd, writes_only ? SHUT_WR : SHUT_RDWR);
 }
 
 int chan_write_all(struct mig_chan *c, const void *buf, size_t len)

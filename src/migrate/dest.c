@@ -460,7 +460,7 @@ out:
 		MIG_WRITE_ONCE(d->failed, true);
 		for (i = 0; i < d->nr_chans; i++)
 			if (&d->chans[i] != dc)
-				chan_abort(&d->chans[i].c);
+				chan_abort(&d->chans[i].c, false);
 	}
 	dc->zero_pages = zero_pages;
 	return NULL;

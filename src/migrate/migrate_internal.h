@@ -35,8 +35,11 @@ struct mig_chan {
 void chan_init(struct mig_chan *c, int fd, bool is_socket, uint32_t index);
 /* Close the fd (idempotent). */
 void chan_close(struct mig_chan *c);
-/* Make blocked reads and writes on the channel fail now (cancel). Thread safe. */
-void chan_abort(struct mig_chan *c);
+/*
+ * Make blocked I/O on the channel fail now. Thread safe. @writes_only keeps
+ * the read side open (the source still wants the destination's verdict).
+ */
+void chan_abort(struct mig_chan *c, bool writes_only);
 
 /* Write exactly @len bytes / the preamble. 0 or -errno (-EPIPE when the peer left). */
 int chan_write_all(struct mig_chan *c, const void *buf, size_t len);

@@ -126,7 +126,7 @@ static void abort_chans(struct mig_source *ms)
 	int i;
 
 	for (i = 0; i < ms->nr_chans; i++)
-		chan_abort(&ms->chans[i]);
+		chan_abort(&ms->chans[i], true);
 }
 
 /* (backend.h's dirty_mode_name() lives with a backend; the library must not depend on one) */
@@ -1304,6 +1304,33 @@ fail:
 		snprintf(err, sizeof(err), "%s", ms->errmsg[0] ? ms->errmsg : strerror(-e));
 		pthread_mutex_unlock(&ms->lock);
 		workers_stop(ms);
+		/* The destination may have said why it hung up: prefer its reason. */
+		if ((e == -EPIPE || e == -ECONNRESET) && ms->nr_chans && ms->chans[0].is_socket) {
+			uint32_t save = ms->p.ack_timeout_ms;
+
+			ms->p.ack_timeout_ms = 1000;
+			pthread_mutex_lock(&ms->lock);
+			ms->err = 0;
+			pthread_mutex_unlock(&ms->lock);
+			if (wait_ack(ms) == 0) {
+				pthread_mutex_lock(&ms->lock);
+				ms->err = e;
+				pthread_mutex_unlock(&ms->lock);
+			} else {
+				pthread_mutex_lock(&ms->lock);
+				if (!strncmp(ms->errmsg, "no verdict", 10)) {
+					ms->err = e;
+					snprintf(ms->errmsg, sizeof(ms->errmsg), "%s", err);
+				} else {
+					e = ms->err;
+				}
+				pthread_mutex_unlock(&ms->lock);
+			}
+			pthread_mutex_lock(&ms->lock);
+			snprintf(err, sizeof(err), "%s", ms->errmsg);
+			pthread_mutex_unlock(&ms->lock);
+			ms->p.ack_timeout_ms = save;
+		}
 		/* Tell the destination, if it can still hear us. */
 		for (i = 0; i < ms->nr_chans; i++)
 			send_status(&ms->chans[i], MIG_REC_ABORT, e, err);
