@@ -213,6 +213,8 @@ struct mig_dest_info {
 	uint64_t bytes;			/* bytes read */
 	uint64_t total_ms;		/* first byte -> verdict */
 	uint64_t verify_ms;		/* digest computation and check */
+	uint64_t load_ms;		/* vCPU state load */
+	uint64_t tail_ms;		/* last END received -> verdict sent */
 	uint64_t total_lo, total_hi;	/* the verified digest */
 };
 

@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "cli_migrate.h"
+#include "rmapvm/kvm.h"
 #include "rmapvm/migrate.h"
 #include "rmapvm/soft_vm.h"
 #include "rmapvm/util.h"
@@ -67,7 +68,7 @@ int cli_incoming(int argc, char **argv)
 	struct backend *be;
 	const char *uri = NULL;
 	double duration = -1, accept_s = 0;
-	bool json = false;
+	bool json = false, workload_ends;
 	char err[600], a[32];
 	uint64_t t0, w0;
 	int c, r;
@@ -121,11 +122,12 @@ int cli_incoming(int argc, char **argv)
 	if (json)
 		printf("{\"event\":\"incoming\",\"status\":\"verified\",\"backend\":\"%s\",\"channels\":%u,"
 		       "\"rounds\":%u,\"records\":%llu,\"pages\":%llu,\"zero-pages\":%llu,\"bytes\":%llu,"
-		       "\"total-ms\":%llu,\"verify-ms\":%llu,\"digest\":\"%016llx%016llx\"}\n",
+		       "\"total-ms\":%llu,\"verify-ms\":%llu,\"load-ms\":%llu,\"tail-ms\":%llu,\"digest\":\"%016llx%016llx\"}\n",
 		       info.kind, info.channels, info.rounds, (unsigned long long)info.records,
 		       (unsigned long long)info.pages, (unsigned long long)info.zero_pages,
 		       (unsigned long long)info.bytes, (unsigned long long)info.total_ms,
-		       (unsigned long long)info.verify_ms, (unsigned long long)info.total_hi,
+		       (unsigned long long)info.verify_ms, (unsigned long long)info.load_ms,
+		       (unsigned long long)info.tail_ms, (unsigned long long)info.total_hi,
 		       (unsigned long long)info.total_lo);
 	else
 		printf("incoming: received a %s VM over %u channel(s): %u rounds, %llu pages + %llu zero "
@@ -143,14 +145,15 @@ int cli_incoming(int argc, char **argv)
 	}
 	t0 = now_ns();
 	w0 = cli_vm_writes(&ctx.vm);
+	workload_ends = ctx.vm.svm ? soft_vm_config(ctx.vm.svm)->max_accesses != 0
+				   : kvm_vm_config(ctx.vm.kvm)->max_rounds != 0;
 	for (;;) {
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		double el = (double)(now_ns() - t0) / 1e9;
 
 		if (cli_vm_done(&ctx.vm))
 			break;
-		if (duration >= 0 ? el >= duration
-				  : (ctx.vm.svm && !soft_vm_config(ctx.vm.svm)->max_accesses && el >= 2))
+		if (duration >= 0 ? el >= duration : (!workload_ends && el >= 2))
 			break;
 		nanosleep(&ts, NULL);
 	}

@@ -590,7 +590,7 @@ int mig_incoming(struct mig_listener *l, const struct mig_dest_params *params,
 	struct mig_dest_params p = params ? *params : (struct mig_dest_params){ 0 };
 	struct dest d = { 0 };
 	struct mig_dest_info inf = { 0 };
-	uint64_t t0 = 0, tv;
+	uint64_t t0 = 0, tv, t_end;
 	uint32_t i, accepted = 0;
 	int r;
 
@@ -718,6 +718,7 @@ fail_readers:
 			goto fail;
 		}
 
+	t_end = now_ns();
 	/* ---- every page must have been sent at least once ---- */
 	for (i = 0; i < (uint32_t)d.nr_regions; i++) {
 		uint64_t np = d.rr[i].size / PAGE_SIZE, pg;
@@ -778,6 +779,7 @@ fail_readers:
 	inf.verify_ms = (now_ns() - tv) / 1000000;
 
 	/* ---- vCPU state ---- */
+	tv = now_ns();
 	for (i = 0; i < d.hello.nr_vcpus; i++) {
 		r = d.be->ops->load_vcpu(d.be, (int)i, d.vcpu_state[i], d.vcpu_len[i]);
 		if (r) {
@@ -787,7 +789,9 @@ fail_readers:
 		}
 	}
 
+	inf.load_ms = (now_ns() - tv) / 1000000;
 	send_ack(&d, 0, "received, verified, resuming");
+	inf.tail_ms = (now_ns() - t_end) / 1000000;
 	snprintf(inf.kind, sizeof(inf.kind), "%s", d.hello.backend);
 	inf.channels = d.nr_chans;
 	inf.rounds = d.max_round;
