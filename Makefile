@@ -74,10 +74,15 @@ stress: deps
 demo: build
 	@$(BUILD)/rmapvm demo
 
-# Every figure at full size (about ten minutes): CSVs and PNGs in bench-results/.
+# Every figure at full size (about ten minutes): CSVs, PNGs and docs/RESULTS.md
+# in docs/results/. `make bench QUICK=1` is a smoke run into bench-results/.
 bench: build
 	@scripts/ensure-deps.sh gnuplot-nox
-	@$(BUILD)/rmapvm bench all --out bench-results
+ifeq ($(QUICK),1)
+	@$(BUILD)/rmapvm bench all --quick --out bench-results
+else
+	@$(BUILD)/rmapvm bench all --out docs/results --results-md docs/RESULTS.md
+endif
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

@@ -1,5 +1,7 @@
 /* bench_all.c: `rmapvm bench all --out DIR`: every figure's benchmark, CSVs, gnuplot PNGs, machine description. */
 #include <errno.h>
+#include <math.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -18,44 +20,6 @@
  * of @y against @x, one line per value of @series (optionally also split by
  * @series2), restricted to rows where @filter_key equals @filter_val.
  */
-struct figure {
-	const char *name;	 /* file stem: NAME.jsonl, NAME.csv, NAME.png */
-	const char *title;
-	const char *bench;	 /* rmapvm bench <bench> */
-	const char *args;	 /* full-size arguments (about ten minutes for all) */
-	const char *quick_args;	 /* --quick arguments (a smoke run) */
-	const char *x, *y;	 /* column names */
-	const char *series;	 /* column whose values make the lines */
-	const char *series2;	 /* second column splitting the lines, or NULL */
-	const char *filter_key;	 /* only rows with filter_key == filter_val, or NULL */
-	const char *filter_val;
-	bool logx, logy;
-	const char *xlabel, *ylabel;
-};
-
-static const struct figure figures[] = {
-	{ "fig1-dirty-scaling", "Fig. 1: dirty-log harvest time vs dirty pages (64 GiB guest)",
-	  "dirty-scaling", "", "--quick", "dirty_pages", "harvest_ns", "algo", NULL, "guest_gib",
-	  "64", true, true, "dirty pages", "harvest time (ns)" },
-	{ "fig1-kernel", "Fig. 1b: soft MMU vs the kernel's GET/CLEAR_DIRTY_LOG (4 GiB slot)",
-	  "dirty-kernel", "", "--quick", "dirty_pages", "harvest_ns", "algo", NULL, NULL, NULL,
-	  true, true, "dirty pages", "harvest time (ns)" },
-	{ "fig2-unmap", "Fig. 2: THP invalidation cost vs memslots", "unmap", "", "--quick",
-	  "slots", "ns_per_2m", "variant", "mapping", NULL, NULL, true, true, "memslots",
-	  "ns per 2 MiB invalidated" },
-	{ "fig3-dirty-log", "Fig. 3: vCPU dirty-memory time per round by logging mode", "dirty-log",
-	  "--sweep", "--sweep --quick", "mode", "dirty_ns_per_page", "backend", NULL, NULL, NULL,
-	  false, true, "logging mode", "vCPU ns per dirtied page" },
-	{ "fig4-migration", "Fig. 4: live migration total time and downtime vs working set",
-	  "migrate", "--sweep", "--sweep --quick", "working_set_mib", "total_ms", "system", NULL,
-	  NULL, NULL, false, true, "working set (MiB)", "total time (ms)" },
-	{ "fig5-access", "Guest access cost by path", "access", "", "--pages 16384 --runs 3",
-	  "case", "ns_per_access", "bench", NULL, NULL, NULL, false, true, "path", "ns per access" },
-	{ "fig6-prefault", "Page tables of a large guest", "prefault", "--size 64G", "--size 4G",
-	  "level", "prefault_s", "bench", NULL, NULL, NULL, false, false, "mapping level",
-	  "prefault time (s)" },
-};
-
 /* ---- flat JSON objects (our own benchmark output) ---- */
 
 #define MAX_COLS 48
@@ -158,28 +122,213 @@ static int table_write_csv(const struct table *t, const char *path)
 	return 0;
 }
 
+
+/* One invocation: rmapvm bench <bench> <args|quick_args> --json. */
+struct bench_run {
+	const char *bench;
+	const char *args;	 /* full-size arguments (about ten minutes for all figures) */
+	const char *quick_args;	 /* --quick arguments (a smoke run) */
+};
+
+struct figure {
+	const char *name;	 /* file stem: NAME.jsonl, NAME.csv, NAME.png */
+	const char *title;
+	struct bench_run runs[8]; /* their outputs are concatenated */
+	const char *x, *y;	 /* column names */
+	const char *series;	 /* column whose values make the lines */
+	const char *series2;	 /* second column splitting the lines, or NULL */
+	const char *filter_key;	 /* only rows with filter_key == filter_val, or NULL */
+	const char *filter_val;
+	bool logx, logy;
+	const char *xlabel, *ylabel;
+	/* Writes the "what it shows" sentences, with numbers taken from @t. */
+	void (*summarize)(const struct table *t, FILE *md);
+	const char *reading;	 /* how to read the plot (one sentence, no numbers) */
+};
+
+/* ---- numbers for the summaries, always taken from the table ---- */
+
+/* Value of column @y in the first row where every (key, value) pair matches; NaN if none. */
+static double table_lookup(const struct table *t, const char *y, int npairs, ...)
+{
+	int yc = table_col((struct table *)t, y, false), r, i;
+	const char *k[8], *v[8];
+	va_list ap;
+
+	va_start(ap, npairs);
+	for (i = 0; i < npairs && i < 8; i++) {
+		k[i] = va_arg(ap, const char *);
+		v[i] = va_arg(ap, const char *);
+	}
+	va_end(ap);
+	if (yc < 0)
+		return NAN;
+	for (r = 0; r < t->nrows; r++) {
+		bool ok = t->rows[r][yc] != NULL;
+
+		for (i = 0; i < npairs && ok; i++) {
+			int c = table_col((struct table *)t, k[i], false);
+
+			ok = c >= 0 && t->rows[r][c] && !strcmp(t->rows[r][c], v[i]);
+		}
+		if (ok)
+			return atof(t->rows[r][yc]);
+	}
+	return NAN;
+}
+
+/* Largest numeric value of column @col (over rows matching @key == @val if @key). */
+static double table_max(const struct table *t, const char *col, const char *key, const char *val)
+{
+	int c = table_col((struct table *)t, col, false);
+	int kc = key ? table_col((struct table *)t, key, false) : -1;
+	double m = NAN;
+	int r;
+
+	for (r = 0; c >= 0 && r < t->nrows; r++) {
+		if (!t->rows[r][c] || (key && (kc < 0 || !t->rows[r][kc] || strcmp(t->rows[r][kc], val))))
+			continue;
+		if (isnan(m) || atof(t->rows[r][c]) > m)
+			m = atof(t->rows[r][c]);
+	}
+	return m;
+}
+
+static void summarize_dirty_scaling(const struct table *t, FILE *md)
+{
+	char gib[32], maxd[32];
+	double g = table_max(t, "guest_gib", NULL, NULL), d, rmap_max, rmap0, walk1k, rmap1k, tdp1k;
+
+	if (isnan(g)) {
+		fprintf(md, "No data.\n");
+		return;
+	}
+	snprintf(gib, sizeof(gib), "%.0f", g);
+	d = table_max(t, "dirty_pages", "guest_gib", gib);
+	snprintf(maxd, sizeof(maxd), "%.0f", d);
+	rmap_max = table_lookup(t, "harvest_ns", 3, "algo", "rmap", "guest_gib", gib, "dirty_pages", maxd);
+	rmap0 = table_lookup(t, "harvest_ns", 3, "algo", "rmap", "guest_gib", gib, "dirty_pages", "0");
+	walk1k = table_lookup(t, "harvest_ns", 3, "algo", "walk", "guest_gib", gib, "dirty_pages", "1024");
+	rmap1k = table_lookup(t, "harvest_ns", 3, "algo", "rmap", "guest_gib", gib, "dirty_pages", "1024");
+	tdp1k = table_lookup(t, "harvest_ns", 3, "algo", "tdp", "guest_gib", gib, "dirty_pages", "1024");
+	fprintf(md,
+		"On the %s GiB guest the talk's `rmap` harvest costs %.1f ns per dirty page at %s dirty "
+		"pages and %.0f ns with none dirty, so its cost follows the dirty pages, not the guest "
+		"size. With 1024 dirty pages the 2012 `walk` takes %.0f us against %.1f us for `rmap` "
+		"(%.0fx) and %.1f us for the rmap-less `tdp` walk.\n",
+		gib, rmap_max / d, maxd, rmap0, walk1k / 1e3, rmap1k / 1e3, walk1k / rmap1k,
+		tdp1k / 1e3);
+}
+
+static void summarize_unmap(const struct table *t, FILE *md)
+{
+	double lr1 = table_lookup(t, "ns_per_2m", 3, "variant", "level_range", "mapping", "2m", "slots", "1");
+	double pp1 = table_lookup(t, "ns_per_2m", 3, "variant", "per_page", "mapping", "2m", "slots", "1");
+	double lr4 = table_lookup(t, "ns_per_2m", 3, "variant", "level_range", "mapping", "4k", "slots", "1");
+	double pp4 = table_lookup(t, "ns_per_2m", 3, "variant", "per_page", "mapping", "4k", "slots", "1");
+	double smax = table_max(t, "slots", NULL, NULL);
+	char sm[32];
+
+	snprintf(sm, sizeof(sm), "%.0f", smax);
+	fprintf(md,
+		"Invalidating a 2 MiB THP mapped huge costs %.2f us with the talk's `level_range` and "
+		"%.2f us with the 2012 `per_page` loop (%.1fx), and with %s memslots `per_page` needs "
+		"%.1f ms because it scans every slot for every 4 KiB page. With 4 KiB mappings all "
+		"variants must zap 512 sptes, so they are close (%.2f vs %.2f us on 1 slot).\n",
+		lr1 / 1e3, pp1 / 1e3, pp1 / lr1, sm,
+		table_lookup(t, "ns_per_2m", 3, "variant", "per_page", "mapping", "2m", "slots", sm) / 1e6,
+		lr4 / 1e3, pp4 / 1e3);
+}
+
+static void summarize_access(const struct table *t, FILE *md)
+{
+	fprintf(md,
+		"A soft-TLB hit costs %.1f ns, a miss with a 4-level walk %.0f ns, a slow fault %.2f us "
+		"(4 KiB) and %.2f us (2 MiB, with the pagemap/kpageflags lookups), and the lockless "
+		"fast fault %.0f ns.\n",
+		table_lookup(t, "ns_per_access", 1, "case", "tlb_hit"),
+		table_lookup(t, "ns_per_access", 1, "case", "tlb_miss_walk"),
+		table_lookup(t, "ns_per_access", 1, "case", "fault_slow_4k") / 1e3,
+		table_lookup(t, "ns_per_access", 1, "case", "fault_slow_2m") / 1e3,
+		table_lookup(t, "ns_per_access", 1, "case", "fault_fast"));
+}
+
+static void summarize_prefault(const struct table *t, FILE *md)
+{
+	double bytes = table_max(t, "guest_bytes", NULL, NULL);
+
+	fprintf(md,
+		"Building the page tables and rmaps of a %.0f GiB guest without touching its memory "
+		"takes %.2f s at 4 KiB (%.0f ns per mapping) and %.3f s at 2 MiB; rmap heads and "
+		"lpage_info cost %.2f bytes per 4 KiB guest page.\n",
+		bytes / (1 << 30), table_lookup(t, "prefault_s", 1, "level", "1"),
+		table_lookup(t, "ns_per_mapping", 1, "level", "1"),
+		table_lookup(t, "prefault_s", 1, "level", "2"),
+		table_lookup(t, "metadata_bytes_per_page", 1, "level", "1"));
+}
+
+static const struct figure figures[] = {
+	{ "fig1-dirty-scaling", "Fig. 1: dirty-log harvest time vs dirty pages (largest guest)",
+	  { { "dirty-scaling", "", "--quick" } }, "dirty_pages", "harvest_ns", "algo", NULL,
+	  "guest_gib", NULL, true, true, "dirty pages", "harvest time (ns)",
+	  summarize_dirty_scaling,
+	  "Lines: harvest algorithms on the largest guest measured; flat = cost of the guest size." },
+	{ "fig1b-dirty-kernel", "Fig. 1b: soft MMU vs the kernel's GET/CLEAR_DIRTY_LOG, equal slot",
+	  { { "dirty-kernel", "", "--quick" } }, "dirty_pages", "harvest_ns", "algo", NULL, NULL,
+	  NULL, true, true, "dirty pages", "harvest time (ns)", NULL,
+	  "Lines: soft algorithms and the kernel's ioctls on a slot of the same size." },
+	{ "fig2-unmap", "Fig. 2: THP invalidation cost vs memslots",
+	  { { "unmap", "", "--quick" } }, "slots", "ns_per_2m", "variant", "mapping", NULL, NULL,
+	  true, true, "memslots", "ns per 2 MiB invalidated", summarize_unmap,
+	  "Lines: unmap variant x mapping size (2m = THP mapped huge, 4k = split)." },
+	{ "fig3-dirty-log", "Fig. 3: vCPU cost of dirty logging by mode",
+	  { { "dirty-log", "-m bitmap -b 512M -i 5", "-m bitmap -b 32M -i 3" },
+	    { "dirty-log", "-m manual -b 512M -i 5", "-m manual -b 32M -i 3" },
+	    { "dirty-log", "-m ring -b 512M -i 5", "-m ring -b 32M -i 3" },
+	    { "dirty-log", "-m dbit -b 512M -i 5", "-m dbit -b 32M -i 3" } },
+	  "mode", "dirty_memory_avg_s", "bench", NULL, NULL, NULL, false, true, "logging mode",
+	  "vCPU dirty-memory time per round (s)", NULL,
+	  "Bars: the vCPUs' time to write their memory once per round, by logging mode." },
+	{ "fig4-migration", "Fig. 4: live migration total time and downtime vs working set",
+	  { { "migrate", "--sweep", "--sweep --quick" }, { "migrate-qemu", "", "--quick" } },
+	  "working_set_mib", "total_ms", "system", NULL, NULL, NULL, false, true,
+	  "working set (MiB)", "total time (ms)", NULL,
+	  "Lines: rmapvm configurations and QEMU on the identical guest workload." },
+	{ "fig5-access", "Guest access cost by path",
+	  { { "access", "", "--pages 16384 --runs 3" } }, "case", "ns_per_access", "bench", NULL,
+	  NULL, NULL, false, true, "path", "ns per access", summarize_access,
+	  "Bars: ns per guest access for each path through the soft MMU." },
+	{ "fig6-prefault", "Page tables of a large guest",
+	  { { "prefault", "--size 64G", "--size 4G" } }, "level", "prefault_s", "bench", NULL, NULL,
+	  NULL, false, false, "mapping level", "prefault time (s)", summarize_prefault,
+	  "Bars: time to build the page tables at 4 KiB (1) and 2 MiB (2) mappings." },
+};
+
 /* ---- running one benchmark in a child ---- */
 
-static int run_bench(const char *self, const struct figure *fig, bool quick, const char *out)
+static int run_bench(const char *self, const struct bench_run *run, bool quick, const char *out,
+		     char *cmd, size_t cmdlen)
 {
-	char cmd[1024];
 	int status;
 	pid_t pid;
 
-	snprintf(cmd, sizeof(cmd), "%s bench %s %s --json", self, fig->bench,
-		 quick ? fig->quick_args : fig->args);
-	printf("== %s: %s\n", fig->name, cmd);
+	snprintf(cmd, cmdlen, "rmapvm bench %s %s --json", run->bench,
+		 quick ? run->quick_args : run->args);
+	printf("== %s\n", cmd);
 	fflush(stdout);
 	pid = fork();
 	if (pid < 0)
 		return -errno;
 	if (!pid) {
-		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		char full[1200];
+		int fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0644);
 
 		if (fd < 0)
 			_exit(127);
 		dup2(fd, 1);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		snprintf(full, sizeof(full), "%s bench %s %s --json", self, run->bench,
+			 quick ? run->quick_args : run->args);
+		execl("/bin/sh", "sh", "-c", full, (char *)NULL);
 		_exit(127);
 	}
 	if (waitpid(pid, &status, 0) < 0)
@@ -194,10 +343,17 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 	int sc = table_col((struct table *)t, fig->series, false);
 	int s2 = fig->series2 ? table_col((struct table *)t, fig->series2, false) : -1;
 	int fc = fig->filter_key ? table_col((struct table *)t, fig->filter_key, false) : -1;
-	char path[512], seen[32][128];
+	char path[512], seen[32][128], fval[32];
+	const char *filter_val = fig->filter_val;
 	int nseen = 0, r, i;
 	bool categorical_x = false;
 	FILE *f;
+
+	/* No filter value: the largest one (e.g. the largest guest measured). */
+	if (fc >= 0 && !filter_val) {
+		snprintf(fval, sizeof(fval), "%.0f", table_max(t, fig->filter_key, NULL, NULL));
+		filter_val = fval;
+	}
 
 	if (xc < 0 || yc < 0 || sc < 0) {
 		printf("   plot skipped: columns %s/%s/%s not in the output\n", fig->x, fig->y,
@@ -230,7 +386,7 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 		char key[128];
 		const char *a = t->rows[r][sc], *b = s2 >= 0 ? t->rows[r][s2] : NULL;
 
-		if (!a || (fc >= 0 && (!t->rows[r][fc] || strcmp(t->rows[r][fc], fig->filter_val))))
+		if (!a || (fc >= 0 && (!t->rows[r][fc] || strcmp(t->rows[r][fc], filter_val))))
 			continue;
 		snprintf(key, sizeof(key), "%s%s%s", a, b ? " " : "", b ? b : "");
 		for (i = 0; i < nseen && strcmp(seen[i], key); i++)
@@ -246,7 +402,7 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 		if (b)
 			fprintf(f, " && strcol(%d) eq \"%s\"", s2 + 1, b);
 		if (fc >= 0)
-			fprintf(f, " && strcol(%d) eq \"%s\"", fc + 1, fig->filter_val);
+			fprintf(f, " && strcol(%d) eq \"%s\"", fc + 1, filter_val);
 		if (categorical_x)
 			fprintf(f, ") ? $%d : 1/0):xtic(%d) title \"%s\"", yc + 1, xc + 1, key);
 		else
@@ -315,18 +471,78 @@ static void write_machine(const char *dir)
 	printf("== machine description: %s\n", path);
 }
 
+/* RESULTS.md: machine, then per figure the commands, the plot and what it shows. */
+static void results_header(FILE *md, const char *dir, bool quick)
+{
+	char path[600], line[512];
+	FILE *in;
+
+	fprintf(md, "# rmapvm results\n\n");
+	fprintf(md, "Generated by `rmapvm bench all%s` (`make bench`); every number below is "
+		    "computed from the CSV files beside this page. Speeds are compared only "
+		    "within one run on one machine.\n\n## Machine\n\n```\n",
+		quick ? " --quick" : "");
+	snprintf(path, sizeof(path), "%s/machine.txt", dir);
+	in = fopen(path, "r");
+	while (in && fgets(line, sizeof(line), in))
+		fputs(line, md);
+	if (in)
+		fclose(in);
+	fprintf(md, "```\n");
+}
+
+/* Where RESULTS.md finds the figures' files, relative to itself. */
+static char results_prefix[512];
+
+static void results_figure(FILE *md, const struct figure *fig, const struct table *t,
+			   char (*cmds)[512], int ncmds)
+{
+	int xc = table_col((struct table *)t, fig->x, false);
+	int yc = table_col((struct table *)t, fig->y, false);
+	int sc = table_col((struct table *)t, fig->series, false);
+	int s2 = fig->series2 ? table_col((struct table *)t, fig->series2, false) : -1;
+	int k, r, shown = 0;
+
+	fprintf(md, "\n## %s\n\n", fig->title);
+	for (k = 0; k < ncmds; k++)
+		fprintf(md, "%s`%s`", k ? ", " : "Made by ", cmds[k]);
+	fprintf(md, " -> [%s.csv](%s%s.csv)\n\n![%s](%s%s.png)\n\n%s\n\n", fig->name,
+		results_prefix, fig->name, fig->name, results_prefix, fig->name, fig->reading);
+	if (!t->nrows) {
+		fprintf(md, "**No data** (the benchmark was skipped or failed; see its output).\n");
+		return;
+	}
+	if (fig->summarize)
+		fig->summarize(t, md);
+	if (xc < 0 || yc < 0)
+		return;
+	fprintf(md, "\n| %s | %s | %s |\n|---|---|---|\n", fig->series, fig->x, fig->y);
+	for (r = 0; r < t->nrows && shown < 40; r++) {
+		if (!t->rows[r][yc] || !t->rows[r][xc])
+			continue;
+		fprintf(md, "| %s%s%s | %s | %s |\n", sc >= 0 && t->rows[r][sc] ? t->rows[r][sc] : "",
+			s2 >= 0 && t->rows[r][s2] ? " " : "",
+			s2 >= 0 && t->rows[r][s2] ? t->rows[r][s2] : "", t->rows[r][xc], t->rows[r][yc]);
+		shown++;
+	}
+	if (shown == 40)
+		fprintf(md, "| ... | | (see the CSV) |\n");
+}
+
 static int bench_all_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "out", required_argument, NULL, 'o' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "only", required_argument, NULL, 'O' },
+		{ "results-md", required_argument, NULL, 'M' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *out = "bench-results", *only = NULL;
-	char self[512];
+	const char *out = "bench-results", *only = NULL, *results_md = NULL;
+	char self[512], mdpath[600];
+	FILE *md;
 	bool quick = false;
 	int c, failed = 0;
 	size_t i;
@@ -343,10 +559,13 @@ static int bench_all_main(int argc, char **argv)
 		case 'O':
 			only = optarg;
 			break;
+		case 'M':
+			results_md = optarg;
+			break;
 		case 'j':
 			break;
 		case 'h':
-			printf("usage: rmapvm bench all [--out DIR] [--quick] [--only NAME]\n"
+			printf("usage: rmapvm bench all [--out DIR] [--quick] [--only NAME] [--results-md PATH]\n"
 			       "Runs every figure's benchmark, writing DIR/<figure>.csv, .png (gnuplot)\n"
 			       "and DIR/machine.txt. --quick is a smoke-test size.\n");
 			return 0;
@@ -360,31 +579,69 @@ static int bench_all_main(int argc, char **argv)
 		return 1;
 	}
 	self[n] = 0;
+	{
+		/* mkdir -p */
+		char tmp[512], *q;
+
+		snprintf(tmp, sizeof(tmp), "%s", out);
+		for (q = tmp + 1; *q; q++)
+			if (*q == '/') {
+				*q = 0;
+				mkdir(tmp, 0755);
+				*q = '/';
+			}
+	}
 	if (mkdir(out, 0755) && errno != EEXIST) {
 		fprintf(stderr, "rmapvm: --out %s: %s\n", out, strerror(errno));
 		return 1;
 	}
 	write_machine(out);
+	snprintf(mdpath, sizeof(mdpath), "%s/RESULTS.md", out);
+	if (results_md) {
+		/* Links from the page's folder to --out: works when --out is inside it. */
+		const char *slash = strrchr(results_md, '/');
+		size_t dl = slash ? (size_t)(slash - results_md) : 0;
+
+		snprintf(mdpath, sizeof(mdpath), "%s", results_md);
+		if (dl && !strncmp(out, results_md, dl) && out[dl] == '/')
+			snprintf(results_prefix, sizeof(results_prefix), "%s/", out + dl + 1);
+		else if (!dl)
+			snprintf(results_prefix, sizeof(results_prefix), "%s/", out);
+		else
+			snprintf(results_prefix, sizeof(results_prefix), "%s/", out);
+	}
+	md = fopen(mdpath, "w");
+	if (!md) {
+		fprintf(stderr, "rmapvm: %s: %s\n", mdpath, strerror(errno));
+		return 1;
+	}
+	results_header(md, out, quick);
 	for (i = 0; i < ARRAY_SIZE(figures); i++) {
 		const struct figure *fig = &figures[i];
-		char jsonl[512], csv[512], line[4096];
+		char jsonl[512], csv[512], line[4096], cmds[8][512];
 		struct table t = { 0 };
+		int nruns = 0, k, r = 0;
 		FILE *f;
-		int r;
 
 		if (only && !strstr(fig->name, only))
 			continue;
-		if (!bench_find(fig->bench)) {
-			printf("== %s: skipped: no benchmark '%s' in this build\n", fig->name, fig->bench);
-			continue;
-		}
 		snprintf(jsonl, sizeof(jsonl), "%s/%s.jsonl", out, fig->name);
 		snprintf(csv, sizeof(csv), "%s/%s.csv", out, fig->name);
-		r = run_bench(self, fig, quick, jsonl);
-		if (r) {
-			printf("   FAILED (exit %d)\n", r);
-			failed++;
-			continue;
+		unlink(jsonl);
+		for (k = 0; k < 8 && fig->runs[k].bench; k++) {
+			if (!bench_find(fig->runs[k].bench)) {
+				printf("== %s: skipped: no benchmark '%s' in this build\n", fig->name,
+				       fig->runs[k].bench);
+				snprintf(cmds[nruns++], sizeof(cmds[0]), "(no benchmark '%s' in this build)",
+					 fig->runs[k].bench);
+				continue;
+			}
+			r = run_bench(self, &fig->runs[k], quick, jsonl, cmds[nruns], sizeof(cmds[0]));
+			nruns++;
+			if (r) {
+				printf("   FAILED (exit %d)\n", r);
+				failed++;
+			}
 		}
 		f = fopen(jsonl, "r");
 		while (f && fgets(line, sizeof(line), f))
@@ -395,8 +652,11 @@ static int bench_all_main(int argc, char **argv)
 		table_write_csv(&t, csv);
 		printf("   %d rows -> %s\n", t.nrows, csv);
 		plot(fig, &t, out);
+		results_figure(md, fig, &t, cmds, nruns);
 		table_free(&t);
 	}
+	fclose(md);
+	printf("== summary: %s\n", mdpath);
 	return failed ? 1 : 0;
 }
 
