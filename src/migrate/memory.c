@@ -197,6 +197,7 @@ int mig_digest_part(const struct mig_digest_job *job, int th, int nth)
 struct digest_thread {
 	const struct mig_digest_job *job;
 	int th, nth, r;
+	bool started;		/* creator's view: joined below */
 	pthread_t t;
 };
 
@@ -212,31 +213,22 @@ int mig_digest_run(struct mig_digest_job *job, int threads, uint64_t *lo, uint64
 {
 	struct digest_thread d[64];
 	XXH128_hash_t h;
-	int i, r = 0, started = 0;
+	int i, r;
 
 	threads = MAX(1, MIN(threads, 64));
-	for (i = 0; i < threads; i++) {
+	for (i = 1; i < threads; i++) {
 		d[i] = (struct digest_thread){ .job = job, .th = i, .nth = threads };
-		if (i == 0)
-			continue;
-		if (pthread_create(&d[i].t, NULL, digest_thread_fn, &d[i])) {
-			/* Fewer threads: this thread takes over the parts not started. */
-			d[i].r = -EAGAIN;
-			continue;
-		}
-		started |= 1 << (i & 31);
+		d[i].started = !pthread_create(&d[i].t, NULL, digest_thread_fn, &d[i]);
 	}
 	r = mig_digest_part(job, 0, threads);
 	for (i = 1; i < threads; i++) {
-		if (d[i].r == -EAGAIN) {
-			d[i].r = mig_digest_part(job, i, threads);
-		} else {
+		if (d[i].started)
 			pthread_join(d[i].t, NULL);
-		}
+		else /* no thread: do its share here */
+			d[i].r = mig_digest_part(job, i, threads);
 		if (!r)
 			r = d[i].r;
 	}
-	(void)started;
 	if (r)
 		return r;
 	h = XXH3_128bits(job->chunk_hash, job->nr_chunks * sizeof(uint64_t));
