@@ -124,7 +124,7 @@ static void *fake_vcpu_fn(void *arg)
 		old = __atomic_load_n(w, __ATOMIC_RELAXED);
 		if (old && (stamp_vcpu(old) != (uint32_t)v->idx || stamp_page(old) != page))
 			v->bad++;
-		v->seq++;
+		__atomic_store_n(&v->seq, v->seq + 1, __ATOMIC_RELAXED);
 		stamp = stamp_make((uint32_t)v->idx, (uint32_t)(v->seq & STAMP_ROUND_MASK) | 1, page);
 		__atomic_store_n(w, stamp, __ATOMIC_RELAXED);
 		/* a second word so pages are not all-zero-but-one */
