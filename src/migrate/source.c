@@ -910,7 +910,8 @@ static void round_done_fn(struct mig_info *i, void *arg)
 	i->normal_pages += a->ri->pages;
 	i->normal_bytes = i->normal_pages * PAGE_SIZE;
 	i->remaining = a->ri->est_remaining_pages * PAGE_SIZE;
-	i->dirty_pages_rate = a->ri->dirty_rate;
+	if (a->ri->dirty_rate > 0 || a->ri->duration_ns == 0 || a->expected_ms)
+		i->dirty_pages_rate = a->ri->dirty_rate; /* the final pass keeps the last estimate */
 	i->expected_downtime_ms = a->expected_ms;
 	i->throttle_pct = a->ri->throttle_pct;
 	i->harvest_ns += a->ri->harvest_ns;
