@@ -157,6 +157,22 @@ int kvm_vm_vcpu_region(const struct kvm_vm *vm, int vcpu, uint64_t *first_page, 
 int kvm_vm_write_guest(struct kvm_vm *vm, gpa_t gpa, const void *data, size_t len);
 
 /*
+ * Host write commands (VM created with GUEST_F_HOST_CMDS in guest_flags,
+ * vCPUs running): the guest stamps exactly the RAM pages named (RAM page
+ * numbers as kvm_vm_ram_page(); each vCPU writes those of its own region),
+ * so a test or benchmark knows which pages the guest dirtied. Pages
+ * @first + k * @stride for k < @count (@stride >= 1), or the @n pages of
+ * @pages (at most GUEST_LIST_MAX). Returns once every vCPU finished the
+ * command: 0, -EINVAL (bad pages, VM not in that mode), -EBUSY (paused or
+ * not started), -EIO (a vCPU failed), -ETIMEDOUT after @timeout_s. One
+ * caller at a time.
+ */
+int kvm_vm_guest_write_range(struct kvm_vm *vm, uint64_t first, uint64_t count, uint64_t stride,
+			     double timeout_s);
+int kvm_vm_guest_write_list(struct kvm_vm *vm, const uint32_t *pages, uint64_t n,
+			    double timeout_s);
+
+/*
  * kvm_vm_add_memslot() - an extra memslot (tests, bad input): id must be
  * unused and the range must not overlap another slot (-EEXIST), sizes and
  * addresses page-aligned (-EINVAL). The VMM does not own @hva.

@@ -16,6 +16,7 @@
  *   0x0010_0000  page tables: PML4, PDPT, PDs  (host-built)
  *   0x0040_0000  guest code (flat binary, at most 2 MiB)
  *   0x0060_0000  vCPU stacks, GUEST_STACK_SIZE each
+ *   0x00a0_0000  page list of host write commands (GUEST_F_HOST_CMDS), u32 each
  *   0x0100_0000  shadow stamps: one u64 per RAM page, the guest's own record
  *                of the last stamp it wrote (what "verify" compares against)
  *   GUEST_RAM_GPA (1 GiB)  RAM: the workload region, split over memslots
@@ -26,7 +27,7 @@
 #include <stdint.h>
 #include "rmapvm/workload.h"
 
-#define GUEST_ABI_VERSION 1
+#define GUEST_ABI_VERSION 2
 #define GUEST_PARAMS_MAGIC 0x52564d50u /* "PMVR" */
 
 #define GUEST_GDT_GPA	    0x1000ull
@@ -42,7 +43,9 @@
 #define GUEST_CODE_MAX	    0x200000ull
 #define GUEST_STACK_GPA	    0x600000ull
 #define GUEST_STACK_SIZE    0x10000ull
+#define GUEST_LIST_GPA	    0xa00000ull
 #define GUEST_SHADOW_GPA    0x1000000ull
+#define GUEST_LIST_MAX	    ((GUEST_SHADOW_GPA - GUEST_LIST_GPA) / 4) /* u32 page numbers */
 #define GUEST_RAM_GPA	    0x40000000ull
 #define GUEST_MAX_GPA	    (512ull << 30) /* one PDPT */
 
@@ -79,6 +82,7 @@ enum guest_fail {
 #define GUEST_F_VERIFY_READS (1u << 1) /* every read checks the page against the shadow */
 #define GUEST_F_VERIFY_END   (1u << 2) /* verify the whole region before reporting done */
 #define GUEST_F_SYNC_EXITS   (1u << 3) /* exit to the host (GUEST_PORT_SYNC) after each batch */
+#define GUEST_F_HOST_CMDS    (1u << 4) /* no workload: run the host's write commands (cmd_*) */
 
 /* guest_params - written by the host before the first run (round/stop also later). */
 struct guest_params {
@@ -95,6 +99,20 @@ struct guest_params {
 	struct workload_spec spec;  /* the access pattern */
 	volatile uint32_t round;    /* host-rounds mode: the stamp round (host bumps it while paused) */
 	volatile uint32_t stop;	    /* non-zero: finish the batch, verify, report done */
+	/*
+	 * GUEST_F_HOST_CMDS: the host sets cmd_first/count/stride, then bumps
+	 * cmd_seq (release). Every vCPU stamps, with round cmd_seq, the RAM
+	 * pages (numbered over all RAM) of the command that lie in its own
+	 * region, then sets its cmd_done = cmd_seq (and syncs with
+	 * GUEST_F_SYNC_EXITS). Pages cmd_first + k * cmd_stride for k <
+	 * cmd_count; with cmd_stride 0, the cmd_count u32 page numbers at
+	 * GUEST_LIST_GPA.
+	 */
+	volatile uint32_t cmd_seq;
+	uint32_t cmd_pad;
+	volatile uint64_t cmd_first;
+	volatile uint64_t cmd_count;
+	volatile uint64_t cmd_stride;
 };
 
 /* guest_vcpu_page - one per vCPU: the guest's progress and failure report. */
@@ -115,6 +133,8 @@ struct guest_vcpu_page {
 	uint64_t fail_expected;
 	uint64_t fail_found;
 	char print_buf[2048];	/* GUEST_PORT_PRINT text, not NUL-terminated */
+	uint32_t cmd_done;	/* guest: cmd_seq of the last host command finished */
+	uint32_t cmd_pad;
 };
 
 #define GUEST_VCPU_PAGE_GPA(id) (GUEST_VCPU_GPA + (uint64_t)(id) * 0x1000ull)
@@ -123,7 +143,7 @@ struct guest_vcpu_page {
 _Static_assert(sizeof(struct guest_params) <= 4096, "guest_params fits a page");
 _Static_assert(sizeof(struct guest_vcpu_page) <= 4096, "guest_vcpu_page fits a page");
 _Static_assert(GUEST_VCPU_GPA + GUEST_MAX_VCPUS * 0x1000ull <= GUEST_PT_GPA, "vCPU pages fit");
-_Static_assert(GUEST_STACK_GPA + GUEST_MAX_VCPUS * GUEST_STACK_SIZE <= GUEST_SHADOW_GPA,
+_Static_assert(GUEST_STACK_GPA + GUEST_MAX_VCPUS * GUEST_STACK_SIZE <= GUEST_LIST_GPA,
 	       "stacks fit");
 #endif
 

@@ -122,6 +122,56 @@ static void verify_region(volatile struct guest_vcpu_page *v, volatile uint64_t 
 	}
 }
 
+/*
+ * run_host_cmds() - GUEST_F_HOST_CMDS: wait for each host write command,
+ * stamp its pages that lie in this vCPU's region (round = the command's
+ * sequence number), report it done; until the host asks to stop. Returns
+ * the round of the last command.
+ */
+static uint32_t run_host_cmds(uint32_t id, volatile struct guest_params *p,
+			      volatile struct guest_vcpu_page *v, volatile uint64_t *shadow,
+			      uint8_t *ram, uint64_t fpu, uint32_t round)
+{
+	volatile uint32_t *list = (volatile uint32_t *)GUEST_LIST_GPA;
+	uint64_t first = v->first_page, n = v->npages, writes = 0;
+
+	for (;;) {
+		uint64_t k, start, count, stride;
+		uint32_t seq;
+
+		while ((seq = p->cmd_seq) == v->cmd_done && !p->stop)
+			asm volatile("pause");
+		if (seq == v->cmd_done)
+			break;
+		start = p->cmd_first;
+		count = p->cmd_count;
+		stride = p->cmd_stride;
+		if (!stride && count > GUEST_LIST_MAX)
+			count = GUEST_LIST_MAX;
+		round = seq & STAMP_ROUND_MASK;
+		for (k = 0; k < count; k++) {
+			uint64_t g = stride ? start + k * stride : list[k], idx, s;
+
+			if (g < first || g - first >= n)
+				continue;
+			idx = g - first;
+			s = stamp_make(id, round, idx);
+			*(volatile uint64_t *)(ram + idx * 4096) = s;
+			shadow[idx] = s;
+			writes++;
+		}
+		v->writes = writes;
+		v->round = round;
+		v->batches++;
+		if (fpu_read() != fpu)
+			fail(v, GUEST_FAIL_FPU, 0, fpu, fpu_read());
+		v->cmd_done = seq;
+		if (p->flags & GUEST_F_SYNC_EXITS)
+			guest_sync(id, round);
+	}
+	return round;
+}
+
 void guest_main(uint32_t id)
 {
 	volatile struct guest_params *p = PARAMS;
@@ -149,7 +199,9 @@ void guest_main(uint32_t id)
 	v->started = 1;
 	guest_print(id, "rmapvm guest: vCPU running", str_len("rmapvm guest: vCPU running"));
 
-	for (;;) {
+	if (flags & GUEST_F_HOST_CMDS)
+		round = run_host_cmds(id, p, v, shadow, ram, fpu, round);
+	while (!(flags & GUEST_F_HOST_CMDS)) {
 		t0 = rdtsc();
 		for (batch = 0; batch < p->batch; batch++) {
 			volatile uint64_t *page;
