@@ -10,7 +10,12 @@
  *            -append "mem=64M workload=random write=50 rounds=8"
  *            -debugcon stdio -device isa-debug-exit,iobase=0xf4,iosize=4
  * Exit status: 1 = done and verified, 3 = failure (QEMU reports (v << 1) | 1).
- * One vCPU (no AP start-up); CPL0 throughout: QEMU has no PVM restriction.
+ * One vCPU (no AP start-up). The stub drops to CPL3 before mb_main (see entry_multiboot.S).
+ *
+ * Arguments: mem= (write region), workload=sweep|random|hotset, write=, hot=,
+ * frac=, rate= (accesses/s; the TSC is calibrated against the PIT), seed=,
+ * batch=, rounds= (batches; 0 = run until a key arrives on the i8042, e.g.
+ * QMP send-key: how a host stops the guest after a live migration).
  */
 
 struct multiboot_info {
@@ -23,6 +28,75 @@ struct multiboot_info {
 
 void mb_main(uint32_t mbi_addr);
 
+#define PIT_HZ	     1193182u
+#define I8042_DATA   0x60
+#define I8042_STATUS 0x64 /* bit 0: output buffer full */
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+
+	asm volatile("inb %w1, %0" : "=a"(v) : "Nd"(port) : "memory");
+	return v;
+}
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/* TSC kHz from a 50 ms one-shot of PIT channel 2 (gate via port 0x61); 0 if it never fires. */
+static uint64_t pit_tsc_khz(void)
+{
+	uint32_t latch = PIT_HZ / 20, n;
+	uint64_t t0, t1;
+
+	guest_outb(0x61, (uint8_t)((inb(0x61) & ~0x02) | 0x01)); /* gate on, speaker off */
+	guest_outb(0x43, 0xb0);	/* channel 2, lo/hi byte, mode 0 */
+	guest_outb(0x42, (uint8_t)latch);
+	guest_outb(0x42, (uint8_t)(latch >> 8));
+	t0 = rdtsc();
+	for (n = 0; !(inb(0x61) & 0x20); n++)
+		if (n > 50000000u)
+			return 0;
+	t1 = rdtsc();
+	return (t1 - t0) / 50;
+}
+
+/* Drain the i8042 output buffer; true if anything was there. */
+static bool key_pressed(void)
+{
+	bool any = false;
+	int n;
+
+	for (n = 0; n < 64 && (inb(I8042_STATUS) & 1); n++) {
+		(void)inb(I8042_DATA);
+		any = true;
+	}
+	return any;
+}
+
+static void puts_n(const char *s, int len);
+
+/* "<prefix><decimal>" to debugcon. */
+static void print_u64(const char *prefix, uint64_t v)
+{
+	char buf[64], dig[24];
+	int n = 0, d = 0;
+
+	while (*prefix && n < 36)
+		buf[n++] = *prefix++;
+	do
+		dig[d++] = (char)('0' + v % 10);
+	while ((v /= 10) && d < 20);
+	while (d)
+		buf[n++] = dig[--d];
+	puts_n(buf, n);
+}
+
 static void puts_n(const char *s, int len)
 {
 	int i;
@@ -32,8 +106,13 @@ static void puts_n(const char *s, int len)
 	guest_outb(GUEST_QEMU_DEBUGCON, '\n');
 }
 
+/* After each batch (GUEST_F_SYNC_EXITS, rounds=0 only): a key press stops the run. */
 void guest_sync(uint32_t id, uint32_t round)
 {
+	volatile struct guest_params *p = (void *)GUEST_PARAMS_GPA;
+
+	if (key_pressed())
+		p->stop = 1;
 }
 
 void guest_print(uint32_t id, const char *s, int len)
@@ -45,7 +124,7 @@ static __attribute__((noreturn)) void qemu_exit(uint32_t code)
 {
 	guest_outl(GUEST_QEMU_EXIT, code);
 	for (;;)
-		asm volatile("cli; hlt");
+		asm volatile("pause"); /* CPL3: no hlt */
 }
 
 void guest_fail(uint32_t id, uint32_t reason)
@@ -61,6 +140,10 @@ void guest_fail(uint32_t id, uint32_t reason)
 
 void guest_done(uint32_t id)
 {
+	volatile struct guest_vcpu_page *v = (void *)GUEST_VCPU_PAGE_GPA(id);
+
+	print_u64("rmapvm guest: rounds ", v->batches);
+	print_u64("rmapvm guest: writes ", v->writes);
 	puts_n("rmapvm guest: done", 18);
 	qemu_exit(0);
 }
@@ -163,6 +246,19 @@ void mb_main(uint32_t mbi_addr)
 		p->batch = x;
 	if (arg_u64(cmd, "seed", &x))
 		p->spec.seed = x;
+	if (arg_u64(cmd, "hot", &x) && x && x <= 100)
+		p->spec.hot_size_pct = (uint32_t)x;
+	if (arg_u64(cmd, "frac", &x) && x <= 100)
+		p->spec.hot_frac_pct = (uint32_t)x;
+	if (arg_u64(cmd, "rate", &x) && x) {
+		p->spec.rate = x;
+		p->tsc_khz = pit_tsc_khz();
+		print_u64("rmapvm guest: tsc khz ", p->tsc_khz);
+	}
+	if (!p->max_rounds) {
+		p->flags |= GUEST_F_SYNC_EXITS; /* guest_sync polls the keyboard */
+		key_pressed();
+	}
 	p->round = 1;
 	v->id = 0;
 	v->first_page = 0;
