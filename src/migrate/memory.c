@@ -125,8 +125,21 @@ void mig_digest_free(struct mig_digest_job *job)
 {
 	free((void *)job->chunk_first);
 	free(job->chunk_hash);
+	free(job->stale);
 	job->chunk_first = NULL;
 	job->chunk_hash = NULL;
+	job->stale = NULL;
+}
+
+int mig_digest_track(struct mig_digest_job *job)
+{
+	uint64_t words = bitmap_words(job->nr_chunks ? job->nr_chunks : 1);
+
+	job->stale = malloc(words * 8);
+	if (!job->stale)
+		return -ENOMEM;
+	memset(job->stale, 0xff, words * 8);
+	return 0;
 }
 
 void mig_digest_chunk_pos(const struct mig_digest_job *job, uint64_t i, int *region,
@@ -167,6 +180,10 @@ int mig_digest_part(const struct mig_digest_job *job, int th, int nth)
 		const struct backend_region *r;
 		uint64_t first, np, p;
 
+		/* Clear before reading: a mark made while we hash means hash again later. */
+		if (job->stale && !(__atomic_fetch_and(&job->stale[i / 64], ~(1ull << (i % 64)),
+						       __ATOMIC_ACQ_REL) & (1ull << (i % 64))))
+			continue;
 		mig_digest_chunk_pos(job, i, &reg, &first);
 		r = &job->regions[reg];
 		np = MIN((uint64_t)job->chunk_pages, r->size / PAGE_SIZE - first);

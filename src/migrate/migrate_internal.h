@@ -118,7 +118,26 @@ struct mig_digest_job {
 	uint64_t nr_chunks;
 	uint64_t *chunk_hash;		/* nr_chunks entries, filled */
 	const uint64_t *chunk_first;	/* per region: index of its first chunk (nr_regions + 1) */
+	/* Incremental digest (source): bit i set = chunk_hash[i] may be out of
+	 * date. NULL = hash every chunk. See mig_digest_track(). */
+	uint64_t *stale;
 };
+/*
+ * mig_digest_track() - make later mig_digest_part() calls hash only chunks
+ * marked stale (all are, at first). Chunks are hashed while the guest runs;
+ * a page written after its chunk was hashed is dirty, so it is harvested
+ * later and mig_digest_mark() makes the chunk stale again: after the final
+ * (paused) harvest, re-hashing the stale chunks gives the digest of memory
+ * as it is, without hashing all of it inside the downtime. 0 or -ENOMEM.
+ */
+int mig_digest_track(struct mig_digest_job *job);
+/* Mark the chunk of page @page of region @region stale (any thread). */
+static inline void mig_digest_mark(struct mig_digest_job *job, int region, uint64_t page)
+{
+	uint64_t i = job->chunk_first[region] + page / job->chunk_pages;
+
+	__atomic_fetch_or(&job->stale[i / 64], 1ull << (i % 64), __ATOMIC_RELAXED);
+}
 /* Number of chunks the layout has for @chunk_pages. */
 uint64_t mig_digest_nr_chunks(const struct backend_region *r, int n, uint32_t chunk_pages);
 /* Hash chunks i with i % nth == th. 0 or -errno. */

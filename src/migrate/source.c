@@ -462,8 +462,14 @@ static int harvest(struct mig_worker *w, struct mig_range *rg, uint64_t *found)
 	if (rg->npages % 64)
 		w->bm[words - 1] &= (1ull << (rg->npages % 64)) - 1;
 	for (i = 0; i < words; i++) {
-		n += (uint64_t)__builtin_popcountll(w->bm[i]);
-		fetched[i] |= w->bm[i]; /* 64-aligned ranges: words are this worker's alone */
+		uint64_t m = w->bm[i];
+
+		n += (uint64_t)__builtin_popcountll(m);
+		fetched[i] |= m; /* 64-aligned ranges: words are this worker's alone */
+		/* Chunks hashed before this write are out of date now. */
+		for (; m; m &= m - 1)
+			mig_digest_mark(&ms->digest, rg->region,
+					rg->first_page + i * 64 + (uint64_t)__builtin_ctzll(m));
 	}
 	w->r_harvest_ns += dt;
 	w->r_harvest_calls++;
@@ -550,9 +556,11 @@ static int worker_round(struct mig_worker *w, enum worker_cmd cmd)
 		if (r)
 			return r;
 	}
-	if (cmd == CMD_FINAL)
-		r = mig_digest_part(&ms->digest, w->idx, ms->nr_workers);
-	return r;
+	/*
+	 * Hash this worker's share of the stale chunks after every round, so
+	 * that the final pass (vCPUs paused) re-hashes only what changed since.
+	 */
+	return mig_digest_part(&ms->digest, w->idx, ms->nr_workers);
 }
 
 static void *worker_fn(void *arg)
@@ -1031,6 +1039,8 @@ int mig_source_migrate(struct mig_source *ms, const struct mig_params *params, m
 	if (r)
 		goto fail_setup;
 	r = mig_digest_prepare(&ms->digest, ms->regions, ms->nr_regions, ms->p.chunk_pages);
+	if (!r)
+		r = mig_digest_track(&ms->digest);
 	if (r)
 		goto fail_setup;
 	for (i = 0; i < ms->nr_chans; i++) {
