@@ -725,13 +725,16 @@ static int bench_dirty_kernel_main(int argc, char **argv)
 
 	kr = no_kvm ? -ENOENT : kvm_probe(&caps);
 	if (kr) {
+		char why[128];
+
+		snprintf(why, sizeof(why), "%s%s", no_kvm ? "--no-kvm" : "/dev/kvm: ",
+			 no_kvm ? "" : strerror(-kr));
 		if (d->json)
 			printf("{\"bench\":\"dirty-kernel\",\"skipped\":\"kernel series\",\"reason\":"
 			       "\"%s\"}\n",
-			       no_kvm ? "--no-kvm" : "/dev/kvm is not available");
+			       why);
 		else
-			printf("# kernel series skipped: %s; soft series only\n",
-			       no_kvm ? "--no-kvm" : "/dev/kvm is not available");
+			printf("# kernel series skipped (%s); soft series only\n", why);
 	}
 	r = soft_bitmap_series(d);
 	if (!r)
