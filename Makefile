@@ -77,7 +77,7 @@ demo: build
 # Every figure at full size (about ten minutes): CSVs, PNGs and docs/RESULTS.md
 # in docs/results/. `make bench QUICK=1` is a smoke run into bench-results/.
 bench: build
-	@scripts/ensure-deps.sh gnuplot-nox
+	@scripts/ensure-deps.sh gnuplot-nox qemu-system-x86
 ifeq ($(QUICK),1)
 	@$(BUILD)/rmapvm bench all --quick --out bench-results
 else

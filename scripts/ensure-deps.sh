@@ -3,6 +3,7 @@
 set -euo pipefail
 
 pkgs=(cmake gcc make pkg-config clang libclang-rt-14-dev libcmocka-dev libxxhash-dev libzstd-dev)
+# Target-specific extras come as arguments (make bench: gnuplot-nox qemu-system-x86).
 pkgs+=("$@")
 
 missing=()
