@@ -222,12 +222,14 @@ static void run_full(bool dbit)
 	assert_true(dirty_ring_harvest(f.vm, 0, seen_fn, s) >= 0);
 	dirty_ring_reset(f.vm);
 	/*
-	 * Every page at least once. A write that faulted and then stopped on the
-	 * full ring retries after the reset re-protected its page: a second entry.
+	 * Every page at least once. A write whose fault pushed an entry retries
+	 * its access; if a reset re-protected the page in between (the host
+	 * resets all the time here, and while the vCPU waits on a full ring),
+	 * the retry faults and pushes a second entry, as in KVM.
 	 */
 	dirty_log_get_stats(f.vm, &st);
 	got = calloc(a.pages, sizeof(*got));
-	assert_true(s->n >= (int)a.pages && s->n <= (int)(a.pages + st.ring_full_exits));
+	assert_true(s->n >= (int)a.pages && s->n <= 2 * (int)a.pages);
 	for (i = 0; i < s->n; i++) {
 		assert_true(s->offs[i] < a.pages);
 		got[s->offs[i]]++;
