@@ -277,7 +277,12 @@ static int ring_reset_collect(struct dirty_ring *ring, struct mask_vec *mv, int 
 	uint64_t cur_off = 0, mask = 0;
 	int r = 0;
 
-	while (ring->reset_index != __atomic_load_n(&ring->dirty_index, __ATOMIC_ACQUIRE)) {
+	/*
+	 * Harvested entries are [reset_index, fetch_index). Not bounded by
+	 * dirty_index: a harvest may take an entry whose DIRTY flag is published
+	 * while the producer has not yet advanced dirty_index.
+	 */
+	while (ring->reset_index != ring->fetch_index) {
 		struct dirty_gfn *e = &ring->entries[ring->reset_index & (ring->size - 1)];
 		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE), slot;
 		uint64_t offset;
@@ -332,7 +337,7 @@ int dirty_ring_reset(struct vm *vm)
 	}
 	/* Room for one unit per entry: collecting must not fail once entries are freed. */
 	for (i = 0; i < dl->nr_vcpus; i++)
-		mv.cap += ring_used(dl->rings[i]);
+		mv.cap += dl->rings[i]->fetch_index - dl->rings[i]->reset_index;
 	mv.v = malloc(MAX(mv.cap, 1) * sizeof(*mv.v));
 	if (!mv.v) {
 		r = -ENOMEM;
