@@ -48,7 +48,7 @@ struct qenv {
 	char dir[64];		/* scratch directory */
 	const char *workload;	/* guest command line form */
 	char spec[128];		/* canonical rmapvm form, for the output */
-	double warmup_s, after_s, timeout_s;
+	double warmup_s, after_s, timeout_s, budget_s;
 	bool auto_converge, verbose;
 	int seq;
 };
@@ -59,12 +59,14 @@ struct qvm {
 	char buf[65536];
 	size_t blen;
 	char sock[100], log[PATH_MAX], err[PATH_MAX];
+	double stop_s, resume_s; /* QMP STOP / RESUME event times (wall clock), 0 = not seen */
 };
 
 struct qrun {
 	bool completed, verified;
 	char status[32], why[256];
 	double total_ms, downtime_ms, setup_ms, transferred, dirty_syncs, mbps, throttle;
+	double observed_ms;	/* source STOP event -> destination RESUME event, -1 = unknown */
 	double guest_writes;
 };
 
@@ -337,6 +339,19 @@ static int qmp_cmd(struct qvm *q, char *reply, size_t len, const char *fmt, ...)
 			snprintf(reply, len, "QMP: %s", strerror(-r));
 			return -1;
 		}
+		if (strstr(reply, "\"event\"")) {
+			char ev[32] = "";
+			double sec = 0, usec = 0;
+
+			json_str(reply, "event", ev, sizeof(ev));
+			json_num(reply, "seconds", &sec);
+			json_num(reply, "microseconds", &usec);
+			if (!strcmp(ev, "STOP"))
+				q->stop_s = sec + usec / 1e6;
+			else if (!strcmp(ev, "RESUME"))
+				q->resume_s = sec + usec / 1e6;
+			continue;
+		}
 		if (strstr(reply, "\"return\""))
 			return 0;
 		if (strstr(reply, "\"error\""))
@@ -508,6 +523,12 @@ static void one_run(struct qenv *e, const char *accel, uint64_t ws_mib, struct q
 		snprintf(r->why, sizeof(r->why), "destination not running: %.200s", reply);
 		goto out;
 	}
+	/* The guest-visible pause: the source's STOP to the destination's RESUME. */
+	for (st = 0; st < 100 && !dst.resume_s; st++) {
+		sleep_ms(10);
+		qmp_cmd(&dst, reply, sizeof(reply), "{\"execute\": \"query-status\"}");
+	}
+	r->observed_ms = src.stop_s && dst.resume_s ? (dst.resume_s - src.stop_s) * 1000 : -1;
 	sleep_ms(e->after_s * 1000);
 	if (!qvm_alive(&dst, &st)) {
 		snprintf(r->why, sizeof(r->why), "the destination QEMU ended before it was told to");
@@ -617,6 +638,7 @@ static int bench_migrate_qemu(int argc, char **argv)
 		{ "workload", required_argument, NULL, 'w' },
 		{ "warmup", required_argument, NULL, 'W' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "budget", required_argument, NULL, 'b' },
 		{ "no-auto-converge", no_argument, NULL, 'n' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -624,12 +646,13 @@ static int bench_migrate_qemu(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct qenv e = { .warmup_s = 2, .after_s = 0.5, .timeout_s = 60, .auto_converge = true };
+	struct qenv e = { .warmup_s = 2, .after_s = 0.5, .timeout_s = 60, .budget_s = 200,
+			  .auto_converge = true };
 	const char *sizes_arg = NULL, *accel_arg = "auto", *wl = "random,write=100";
 	uint64_t sizes[16];
-	int nsizes, runs = 3, c, si, ri, ai, naccels = 0, failed = 0;
+	int nsizes, runs = 5, c, si, ri, ai, naccels = 0, failed = 0;
 	const char *accels[2];
-	bool json = false, quick = false;
+	bool json = false, quick = false, runs_set = false;
 	struct workload_spec spec;
 	char err[256], gwl[200], why[256];
 	const char *env;
@@ -642,6 +665,7 @@ static int bench_migrate_qemu(int argc, char **argv)
 			break;
 		case 'r':
 			runs = (int)cli_parse_int("--runs", optarg, 1, 15);
+			runs_set = true;
 			break;
 		case 'a':
 			accel_arg = optarg;
@@ -654,6 +678,9 @@ static int bench_migrate_qemu(int argc, char **argv)
 			break;
 		case 't':
 			e.timeout_s = cli_parse_duration("--timeout", optarg);
+			break;
+		case 'b':
+			e.budget_s = cli_parse_duration("--budget", optarg);
 			break;
 		case 'n':
 			e.auto_converge = false;
@@ -669,13 +696,17 @@ static int bench_migrate_qemu(int argc, char **argv)
 			break;
 		case 'h':
 			printf("usage: rmapvm bench migrate-qemu [--sizes MiB,...] [--runs N] [--accel auto|kvm|tcg|kvm,tcg]\n"
-			       "         [--workload SPEC] [--warmup T] [--timeout T] [--no-auto-converge] [--quick] [--json]\n"
+			       "         [--workload SPEC] [--warmup T] [--timeout T] [--budget T] [--no-auto-converge]\n"
+			       "         [--quick] [--json]\n"
 			       "  QEMU (qemu-system-x86_64 -kernel, the Multiboot build of the rmapvm guest) live-migrates\n"
 			       "  a guest writing a working set of each size to a second QEMU over loopback TCP (QMP:\n"
 			       "  downtime-limit 300 ms, no bandwidth cap, auto-converge); the destination guest then\n"
-			       "  verifies every stamp. Default sizes 64,128,256,512 MiB, 3 runs (medians), workload\n"
+			       "  verifies every stamp. Default sizes 64,128,256,512 MiB, 5 runs (medians), workload\n"
 			       "  random,write=100 over the working set; --quick: 32,64 MiB, 1 run. --accel auto uses\n"
-			       "  KVM when a probe boot under -accel kvm verifies, TCG otherwise.\n"
+			       "  KVM when a probe boot under -accel kvm verifies, TCG otherwise. Runs after a point's\n"
+			       "  first give way once the point used its share of --budget (default 200 s).\n"
+			       "  downtime_ms is QEMU's (source: stop -> stream end); downtime_observed_ms is the\n"
+			       "  source's STOP event to the destination's RESUME event (what the guest sees).\n"
 			       "  Env: RMAPVM_QEMU (binary), RMAPVM_GUEST_ELF (guest).\n");
 			return 0;
 		default:
@@ -685,7 +716,8 @@ static int bench_migrate_qemu(int argc, char **argv)
 	if (quick) {
 		if (!sizes_arg)
 			sizes_arg = "32,64";
-		runs = 1;
+		if (!runs_set)
+			runs = 1;
 		e.warmup_s = 1;
 		e.timeout_s = 30;
 	}
@@ -757,22 +789,27 @@ static int bench_migrate_qemu(int argc, char **argv)
 	       "downtime-limit 300 ms, no bandwidth cap, auto-converge %s; %d run(s) per point\n",
 	       e.qemu, e.version, e.elf, e.spec, e.auto_converge ? "on" : "off", runs);
 	if (!json)
-		printf("%-9s %8s %10s %10s %9s %8s %12s %6s %9s %s\n", "system", "ws(MiB)",
-		       "total(ms)", "down(ms)", "setup(ms)", "syncs", "transferred", "mbps",
-		       "throttle", "verified");
+		printf("%-9s %8s %10s %10s %9s %9s %8s %12s %6s %9s %s\n", "system", "ws(MiB)",
+		       "total(ms)", "down(ms)", "seen(ms)", "setup(ms)", "syncs", "transferred",
+		       "mbps", "throttle", "verified");
 	fflush(stdout);
 
 	for (ai = 0; ai < naccels; ai++)
 		for (si = 0; si < nsizes; si++) {
 			double total[16], down[16], setup[16], xfer[16], syncs[16], mbps[16], thr[16];
-			double tspread, dspread;
-			int ok = 0, verified = 0;
+			double obs[16], tspread, dspread;
+			int ok = 0, verified = 0, nobs = 0;
+			uint64_t t_point = now_ns();
 			char sys[16];
 
 			snprintf(sys, sizeof(sys), "qemu-%s", accels[ai]);
 			for (ri = 0; ri < runs; ri++) {
 				struct qrun r;
 
+				/* Keep the whole benchmark near its budget: later runs give way. */
+				if (ri && ms_since(t_point) >
+						  e.budget_s * 1000 / (naccels * nsizes))
+					break;
 				one_run(&e, accels[ai], sizes[si], &r);
 				if (r.verified)
 					verified++;
@@ -785,10 +822,13 @@ static int bench_migrate_qemu(int argc, char **argv)
 				syncs[ok] = r.dirty_syncs;
 				mbps[ok] = r.mbps;
 				thr[ok] = r.throttle;
+				if (r.observed_ms >= 0)
+					obs[nobs++] = r.observed_ms;
 				ok++;
-				printf("#   %s %llu MiB run %d: total %.0f ms, downtime %.0f ms, "
-				       "%.0f dirty syncs, %s\n", sys, (unsigned long long)sizes[si],
-				       ri + 1, r.total_ms, r.downtime_ms, r.dirty_syncs,
+				printf("#   %s %llu MiB run %d: total %.0f ms, downtime %.0f ms "
+				       "(STOP->RESUME %.0f ms), %.0f dirty syncs, %s\n", sys,
+				       (unsigned long long)sizes[si], ri + 1, r.total_ms,
+				       r.downtime_ms, r.observed_ms, r.dirty_syncs,
 				       r.verified ? "destination verified" : r.why);
 				fflush(stdout);
 			}
@@ -799,7 +839,7 @@ static int bench_migrate_qemu(int argc, char **argv)
 					printf("{\"bench\":\"migrate-qemu\",\"system\":\"%s\","
 					       "\"working_set_mib\":%llu,\"runs\":%d,\"completed\":0,"
 					       "\"verified\":false}\n",
-					       sys, (unsigned long long)sizes[si], runs);
+					       sys, (unsigned long long)sizes[si], ri);
 				else
 					printf("%-9s %8llu   no run completed\n", sys,
 					       (unsigned long long)sizes[si]);
@@ -814,22 +854,25 @@ static int bench_migrate_qemu(int argc, char **argv)
 				printf("{\"bench\":\"migrate-qemu\",\"system\":\"%s\",\"working_set_mib\":%llu,"
 				       "\"guest_mib\":%llu,\"workload\":\"%s\",\"vcpus\":1,\"runs\":%d,"
 				       "\"completed\":%d,\"total_ms\":%.0f,\"total_spread\":%.2f,"
-				       "\"downtime_ms\":%.0f,\"downtime_spread\":%.2f,\"setup_ms\":%.0f,"
+				       "\"downtime_ms\":%.0f,\"downtime_spread\":%.2f,"
+				       "\"downtime_observed_ms\":%.0f,\"setup_ms\":%.0f,"
 				       "\"transferred_bytes\":%.0f,\"dirty_syncs\":%.0f,\"mbps\":%.0f,"
 				       "\"throttle_pct\":%.0f,\"downtime_limit_ms\":300,"
 				       "\"auto_converge\":%s,\"verified\":%s}\n",
 				       sys, (unsigned long long)sizes[si],
 				       (unsigned long long)(GUEST_BASE_MIB + sizes[si] + GUEST_SLACK_MIB),
-				       e.spec, runs, ok, bench_median(total, ok), tspread,
-				       bench_median(down, ok), dspread, bench_median(setup, ok),
+				       e.spec, ri, ok, bench_median(total, ok), tspread,
+				       bench_median(down, ok), dspread,
+				       nobs ? bench_median(obs, nobs) : -1, bench_median(setup, ok),
 				       bench_median(xfer, ok), bench_median(syncs, ok),
 				       bench_median(mbps, ok), bench_median(thr, ok),
 				       e.auto_converge ? "true" : "false",
 				       verified == ok ? "true" : "false");
 			else
-				printf("%-9s %8llu %10.0f %10.0f %9.0f %8.0f %12.0f %6.0f %8.0f%% %d/%d\n",
+				printf("%-9s %8llu %10.0f %10.0f %9.0f %9.0f %8.0f %12.0f %6.0f %8.0f%% %d/%d\n",
 				       sys, (unsigned long long)sizes[si], bench_median(total, ok),
-				       bench_median(down, ok), bench_median(setup, ok),
+				       bench_median(down, ok), nobs ? bench_median(obs, nobs) : -1,
+				       bench_median(setup, ok),
 				       bench_median(syncs, ok), bench_median(xfer, ok),
 				       bench_median(mbps, ok), bench_median(thr, ok), verified, ok);
 			fflush(stdout);
