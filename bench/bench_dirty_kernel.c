@@ -758,4 +758,4 @@ static int bench_dirty_kernel_main(int argc, char **argv)
 }
 
 BENCH_REGISTER("dirty-kernel", bench_dirty_kernel_main,
-	       "harvest time vs dirty pages: soft walk/rmap/tdp beside KVM_GET/CLEAR_DIRTY_LOG and rings, equal slot")
+	       "harvest time vs dirty pages, soft walk/rmap/tdp beside the kernel's GET/CLEAR, rings")
