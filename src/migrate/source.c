@@ -597,10 +597,35 @@ static void *worker_fn(void *arg)
 	return NULL;
 }
 
+/*
+ * A command still running while the link makes no progress for
+ * ack_timeout_ms, or a pre-copy round still running at the attempt's
+ * timeout (cancel action), fails the attempt: a blackholed TCP connection
+ * would otherwise block a sender for the kernel's retransmission timeout
+ * (many minutes), with the VM paused if it happens during stop-and-copy.
+ */
+static void check_stuck(struct mig_source *ms, enum worker_cmd cmd, uint64_t *last_bytes,
+			uint64_t *last_progress)
+{
+	uint64_t now = now_ns(), b = chans_bytes(ms), tmo = MIG_READ_ONCE(ms->timeout_ms);
+
+	if (b != *last_bytes) {
+		*last_bytes = b;
+		*last_progress = now;
+	}
+	if (now - *last_progress >= (uint64_t)ms->p.ack_timeout_ms * 1000000)
+		set_error(ms, -ETIMEDOUT, "no progress on the link for %u ms (destination stalled or unreachable)",
+			  ms->p.ack_timeout_ms);
+	else if (cmd != CMD_FINAL && tmo && ms->p.timeout_action == MIG_TIMEOUT_CANCEL &&
+		 now - ms->attempt_start_ns >= tmo * 1000000)
+		set_error(ms, -ETIMEDOUT, "timed out after %.1f s in round %u (link too slow or stalled)",
+			  (double)tmo / 1000, ms->round);
+}
+
 /* Run @cmd on every worker and wait. A cancel unblocks writers after 2 s. */
 static int run_cmd(struct mig_source *ms, enum worker_cmd cmd)
 {
-	uint64_t cancel_seen = 0;
+	uint64_t cancel_seen = 0, last_bytes = chans_bytes(ms), last_progress = now_ns();
 
 	pthread_mutex_lock(&ms->lock);
 	ms->cmd = cmd;
@@ -617,6 +642,11 @@ static int run_cmd(struct mig_source *ms, enum worker_cmd cmd)
 			ts.tv_nsec -= 1000000000;
 		}
 		pthread_cond_timedwait(&ms->cond_done, &ms->lock, &ts);
+		if (ms->busy && !MIG_READ_ONCE(ms->cancel) && cmd != CMD_EXIT) {
+			pthread_mutex_unlock(&ms->lock);
+			check_stuck(ms, cmd, &last_bytes, &last_progress);
+			pthread_mutex_lock(&ms->lock);
+		}
 		if (MIG_READ_ONCE(ms->cancel) && cmd != CMD_EXIT) {
 			if (!cancel_seen)
 				cancel_seen = now_ns();

@@ -355,6 +355,9 @@ int soft_vm_load_vcpu(struct soft_vm *svm, int idx, const void *buf, size_t len)
 	if (st.magic != SOFT_VCPU_STATE_MAGIC || st.version != 1 || st.vcpu != (uint32_t)idx ||
 	    st.ws.vcpu_id != (uint32_t)idx || st.ws.npages != svm->pages_per_vcpu || !st.ws.rng ||
 	    st.ws.next_seq >= st.ws.npages || st.ws.spec.pattern > WL_HOTSET ||
+	    /* percentages out of range send hot-set accesses outside the vCPU's pages */
+	    st.ws.spec.write_pct > 100 || st.ws.spec.hot_size_pct > 100 ||
+	    st.ws.spec.hot_frac_pct > 100 ||
 	    (st.pending && st.pending_page >= svm->pages_per_vcpu) ||
 	    !st.round || st.round > STAMP_ROUND_MASK)
 		return -EINVAL;
