@@ -646,7 +646,7 @@ static int bench_migrate_qemu(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct qenv e = { .warmup_s = 2, .after_s = 0.5, .timeout_s = 60, .budget_s = 200,
+	struct qenv e = { .warmup_s = 2, .after_s = 0.5, .timeout_s = 60, .budget_s = 150,
 			  .auto_converge = true };
 	const char *sizes_arg = NULL, *accel_arg = "auto", *wl = "random,write=100";
 	uint64_t sizes[16];
@@ -704,7 +704,7 @@ static int bench_migrate_qemu(int argc, char **argv)
 			       "  verifies every stamp. Default sizes 64,128,256,512 MiB, 5 runs (medians), workload\n"
 			       "  random,write=100 over the working set; --quick: 32,64 MiB, 1 run. --accel auto uses\n"
 			       "  KVM when a probe boot under -accel kvm verifies, TCG otherwise. Runs after a point's\n"
-			       "  first give way once the point used its share of --budget (default 200 s).\n"
+			       "  first give way once the point used its share of --budget (default 150 s).\n"
 			       "  downtime_ms is QEMU's (source: stop -> stream end); downtime_observed_ms is the\n"
 			       "  source's STOP event to the destination's RESUME event (what the guest sees).\n"
 			       "  Env: RMAPVM_QEMU (binary), RMAPVM_GUEST_ELF (guest).\n");
