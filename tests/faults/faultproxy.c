@@ -180,9 +180,8 @@ static void *fp_conn_fn(void *arg)
 	int stall = 0; /* 0 not yet, 1 stalling, 2 over */
 
 	while (buf && !__atomic_load_n(&p->stop, __ATOMIC_RELAXED)) {
-		struct pollfd pfd[2] = { { .fd = c->fd[0], .events = c->eof[0] ? 0 : POLLIN },
-					 { .fd = c->fd[1], .events = c->eof[1] ? 0 : POLLIN } };
-		int d, r;
+		struct pollfd pfd[2];
+		int d, r, sd = f->dir == FP_S2D ? 0 : 1; /* the fd a stall stops reading */
 
 		if (__atomic_load_n(&c->cut, __ATOMIC_RELAXED)) {
 			fp_reset(c);
@@ -203,15 +202,14 @@ static void *fp_conn_fn(void *arg)
 				stall_end = f->len ? fp_now_ns() + f->len * 1000000ull : 0;
 			}
 		}
-		if (stall == 1) {
-			if (stall_end && fp_now_ns() >= stall_end) {
-				stall = 2;
-			} else {
-				fp_sleep_ns(10 * 1000000ull);
-				continue;
-			}
-		}
-		r = poll(pfd, 2, 50);
+		if (stall == 1 && stall_end && fp_now_ns() >= stall_end)
+			stall = 2;
+		/* a stall stops reading one direction; the other one flows */
+		pfd[0] = (struct pollfd){ .fd = c->fd[0],
+					  .events = c->eof[0] || (stall == 1 && sd == 0) ? 0 : POLLIN };
+		pfd[1] = (struct pollfd){ .fd = c->fd[1],
+					  .events = c->eof[1] || (stall == 1 && sd == 1) ? 0 : POLLIN };
+		r = poll(pfd, 2, stall == 1 ? 10 : 50);
 		if (r < 0 && errno != EINTR)
 			break;
 		if (r <= 0)
@@ -219,6 +217,8 @@ static void *fp_conn_fn(void *arg)
 		for (d = 0; d < 2; d++) {
 			int i = d == FP_S2D ? 0 : 1;
 
+			if (stall == 1 && i == sd)
+				continue;
 			if (!c->eof[i] && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
 				if (!fp_relay(c, (enum fp_dir)d, buf, 64 << 10))
 					goto out;

@@ -18,7 +18,7 @@
 enum fp_kind {
 	FP_NONE,
 	FP_CUT,		/* at @at: reset both sides (RST), as a dead link or a killed peer */
-	FP_STALL,	/* at @at: relay nothing either way for @len ms (0 = until the proxy stops) */
+	FP_STALL,	/* at @at: stop reading that direction for @len ms (0 = until the proxy stops) */
 	FP_DROP,	/* bytes [at, at + len) are not relayed */
 	FP_FLIP,	/* byte @at is xor-ed with @xor */
 	FP_SLOW,	/* from @at on, relay at most @rate bytes/s */
