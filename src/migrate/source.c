@@ -24,7 +24,8 @@ struct mig_range {
 	double rate;			/* pages/ns dirtied, from the last two harvests */
 };
 
-enum worker_cmd { CMD_NONE, CMD_ROUND0, CMD_ROUND, CMD_FINAL, CMD_EXIT };
+/* CMD_DIGEST: hash the stale chunks (after CMD_FINAL, once every final harvest marked). */
+enum worker_cmd { CMD_NONE, CMD_ROUND0, CMD_ROUND, CMD_FINAL, CMD_DIGEST, CMD_EXIT };
 
 /* A harvester/sender thread; owns ranges idx, idx + nr_workers, ... */
 struct mig_worker {
@@ -547,6 +548,8 @@ static int worker_round(struct mig_worker *w, enum worker_cmd cmd)
 	uint64_t i;
 	int r = 0;
 
+	if (cmd == CMD_DIGEST)
+		return mig_digest_part(&ms->digest, w->idx, ms->nr_workers);
 	w->r_pages = w->r_zero = w->r_dirty = 0;
 	w->r_harvest_ns = w->r_harvest_calls = w->r_max_harvest_ns = 0;
 	for (i = (uint64_t)w->idx; i < ms->nr_ranges; i += (uint64_t)ms->nr_workers) {
@@ -557,9 +560,13 @@ static int worker_round(struct mig_worker *w, enum worker_cmd cmd)
 			return r;
 	}
 	/*
-	 * Hash this worker's share of the stale chunks after every round, so
-	 * that the final pass (vCPUs paused) re-hashes only what changed since.
+	 * Pre-copy: hash this worker's share of the stale chunks after every
+	 * round, so that the downtime re-hashes only what changed since. Not
+	 * after the final pass: a chunk hashed here could still be marked by
+	 * another worker's final harvest; CMD_DIGEST runs once all marked.
 	 */
+	if (cmd == CMD_FINAL)
+		return 0;
 	return mig_digest_part(&ms->digest, w->idx, ms->nr_workers);
 }
 
@@ -1209,6 +1216,8 @@ int mig_source_migrate(struct mig_source *ms, const struct mig_params *params, m
 	ms->round = ++round;
 	/* last pages, then every worker hashes its share of memory */
 	r = run_cmd(ms, CMD_FINAL);
+	if (!r)
+		r = run_cmd(ms, CMD_DIGEST);
 	if (r)
 		goto fail;
 	for (i = 0; i < ms->nr_workers; i++)
