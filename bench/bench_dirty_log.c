@@ -208,7 +208,7 @@ static int dl_bench_run(struct dl_bench *d)
 	pthread_t th[VM_MAX_VCPUS];
 	struct dirty_log_stats st0, st1;
 	struct vm_config cfg;
-	uint64_t total = o->bytes_per_vcpu * o->vcpus, t0, get_sum = 0, clear_sum = 0;
+	uint64_t total = o->bytes_per_vcpu * o->vcpus, t0, get_sum = 0, clear_sum = 0, dirty_sum = 0;
 	uint64_t populate_ns, enable_ns, disable_ns, hold_sum = 0, hold_max = 0, pages_sum = 0;
 	char line[96];
 	int i, r, it;
@@ -259,6 +259,7 @@ static int dl_bench_run(struct dl_bench *d)
 		dirty_log_get_stats(d->vm, &st1);
 		get_sum += get_ns;
 		clear_sum += clear_ns;
+		dirty_sum += dirty_ns;
 		pages_sum += pages;
 		hold_sum += st1.lock_hold_ns - st0.lock_hold_ns;
 		hold_max = MAX(hold_max, st1.lock_hold_max_ns);
@@ -339,7 +340,8 @@ static int dl_bench_run(struct dl_bench *d)
 		       "\"initially_set\":%s,\"eager_split\":%s,\"iterations\":%d,"
 		       "\"populate_s\":%.6f,\"enable_s\":%.6f,\"disable_s\":%.6f,"
 		       "\"get_avg_s\":%.6f,\"clear_avg_s\":%.6f,\"mmu_lock_hold_avg_s\":%.6f,"
-		       "\"mmu_lock_hold_max_s\":%.6f,\"dirty_pages_avg\":%.0f}\n",
+		       "\"mmu_lock_hold_max_s\":%.6f,\"dirty_pages_avg\":%.0f,"
+		       "\"dirty_memory_avg_s\":%.6f,\"dirty_ns_per_page\":%.1f}\n",
 		       o->vcpus, (unsigned long long)o->bytes_per_vcpu, o->slots,
 		       backing_name(o->backing),
 		       o->dcfg.dbit ? (o->dcfg.mode == DIRTY_MODE_RING ? "dbit-ring" : "dbit")
@@ -349,7 +351,8 @@ static int dl_bench_run(struct dl_bench *d)
 		       o->iterations, populate_ns / 1e9, enable_ns / 1e9, disable_ns / 1e9,
 		       get_sum / 1e9 / o->iterations, clear_sum / 1e9 / o->iterations,
 		       hold_sum / 1e9 / o->iterations, hold_max / 1e9,
-		       (double)pages_sum / o->iterations);
+		       (double)pages_sum / o->iterations, dirty_sum / 1e9 / o->iterations,
+		       pages_sum ? (double)dirty_sum / (double)pages_sum : 0.0);
 	} else {
 		printf("Get dirty log over %d iterations took %.6fs. (Avg %.6fs/iteration)\n",
 		       o->iterations, get_sum / 1e9, get_sum / 1e9 / o->iterations);
