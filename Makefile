@@ -67,9 +67,11 @@ fuzz:
 # at once, checking the dirty-log invariant throughout (not part of `make test`).
 stress: deps
 	@cmake -S . -B $(BUILD_TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRMAPVM_SANITIZE=thread >/dev/null
-	@cmake --build $(BUILD_TSAN) -j $(JOBS) --target stress_mmu
+	@cmake --build $(BUILD_TSAN) -j $(JOBS) --target stress_mmu test_faults_net
 	@$(BUILD_TSAN)/tests/stress_mmu $(STRESS_SECONDS) exclusive
 	@$(BUILD_TSAN)/tests/stress_mmu $(STRESS_SECONDS) shared
+	@# random network faults on live migrations, each attempt verified or recovered
+	@FAULTS_SECONDS=$(STRESS_SECONDS) $(BUILD_TSAN)/tests/test_faults_net
 
 demo: build
 	@$(BUILD)/rmapvm demo

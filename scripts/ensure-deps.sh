@@ -3,6 +3,8 @@
 set -euo pipefail
 
 pkgs=(cmake gcc make pkg-config clang libclang-rt-14-dev libcmocka-dev libxxhash-dev libzstd-dev)
+# iproute2: ip netns / tc for the fault tests (they skip without it)
+pkgs+=(iproute2)
 # Target-specific extras come as arguments (make bench: gnuplot-nox qemu-system-x86).
 pkgs+=("$@")
 

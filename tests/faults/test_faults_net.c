@@ -1,6 +1,7 @@
 /* test_faults_net.c: network faults on loopback through the fault proxy: cut, stall, drop, flip, slow, lost verdict. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -60,6 +61,7 @@ static void run_case(const struct net_case *c)
 	struct fdest d;
 	struct fvm v;
 	char msg[300];
+	bool fired;
 	int r;
 
 	fvm_create(&v, mem, 2, 2, WORKLOAD);
@@ -77,6 +79,7 @@ static void run_case(const struct net_case *c)
 	ms = (now_ns() - t0) / 1000000;
 	mig_source_info(v.ms, &info);
 	snprintf(msg, sizeof(msg), "%s", r ? info.error_msg : "completed");
+	fired = fp_fired(px);
 	/* the proxy goes: a destination still waiting sees its connections reset */
 	fp_stop(px);
 	fdest_join(&d);
@@ -85,7 +88,7 @@ static void run_case(const struct net_case *c)
 	       (unsigned long long)info.dirty_sync_count, (unsigned long long)info.transferred, msg);
 	printf("# %s: destination: %s\n", c->name, d.r ? d.err : "verified and resumed");
 	if (!c->cut_after_round0 && c->f.kind != FP_NONE && !(r == 0 && c->want == EITHER))
-		assert_true(fp_fired(px) || r == 0);
+		assert_true(fired || r == 0);
 	if (c->want == MUST_FAIL && r == 0)
 		fail_msg("%s: the migration completed through the fault", c->name);
 	if (c->want == MUST_COMPLETE && r != 0)
@@ -245,6 +248,45 @@ static void test_verdict_lost(void **state)
 	fvm_destroy_verified(&v);
 }
 
+/*
+ * Long variant (make stress): random faults at random offsets, one fresh VM
+ * per attempt, for FAULTS_SECONDS seconds. Every attempt must end in a
+ * verified destination or a failed attempt whose source runs on and whose
+ * retry verifies. Skipped when FAULTS_SECONDS is not set.
+ */
+static void test_random_faults_long(void **state)
+{
+	const char *env = getenv("FAULTS_SECONDS");
+	uint64_t seed = 0x5eed ^ (uint64_t)getpid(), t0 = now_ns(), secs, n = 0;
+	static const enum fp_kind kinds[] = { FP_CUT, FP_DROP, FP_FLIP, FP_STALL, FP_SLOW, FP_NONE };
+
+	if (!env || !*env)
+		TEST_SKIP("FAULTS_SECONDS not set (make stress runs this)");
+	secs = strtoull(env, NULL, 10);
+	while ((now_ns() - t0) / 1000000000ull < secs) {
+		struct net_case c = { .name = "random", .want = EITHER, .mem = 16ull << 20 };
+		char name[128];
+
+		c.f.kind = kinds[test_rand(&seed) % 6];
+		c.f.dir = FP_S2D;
+		c.threads = 1 + (int)(test_rand(&seed) % 3);
+		c.f.conn = (int)(test_rand(&seed) % (uint64_t)(c.threads + 1)) - 1;
+		c.f.at = test_rand(&seed) % (20ull << 20);
+		c.f.len = c.f.kind == FP_DROP ? 1 + test_rand(&seed) % 4096 : 300;
+		c.f.xor = (uint8_t)(1 + test_rand(&seed) % 255);
+		c.f.rate = 8ull << 20;
+		c.timeout_s = 10;
+		snprintf(name, sizeof(name), "random #%llu (kind %d conn %d at %llu, %d threads)",
+			 (unsigned long long)n, c.f.kind, c.f.conn, (unsigned long long)c.f.at,
+			 c.threads);
+		c.name = name;
+		run_case(&c);
+		n++;
+	}
+	printf("# random faults: %llu attempts in %llu s, every one verified or recovered\n",
+	       (unsigned long long)n, (unsigned long long)secs);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -258,6 +300,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_flip_header),
 		cmocka_unit_test(test_slow),
 		cmocka_unit_test(test_verdict_lost),
+		cmocka_unit_test(test_random_faults_long),
 	};
 
 	fchild_main(argc, argv);
