@@ -434,7 +434,8 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 	if (fig->logy)
 		fprintf(f, "set logscale y\n");
 	if (categorical_x)
-		fprintf(f, "set style data histograms\nset style fill solid 0.8\nset xtics rotate by -30\n");
+		fprintf(f, "set style fill solid 0.8\nset boxwidth 0.7\nset xtics rotate by -30\n"
+			   "set offsets 0.5, 0.5, 0, 0\n");
 	fprintf(f, "plot ");
 	for (r = 0; r < t->nrows; r++) {
 		char key[128];
@@ -451,14 +452,15 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 		if (nseen > 1)
 			fprintf(f, ", \\\n     ");
 		/* Rows of other series (or filtered out) become undefined points. */
-		fprintf(f, "'%s/%s.csv' every ::1 using ", dir, fig->name);
+		fprintf(f, "'%s/%s.csv' every ::1 using %s", dir, fig->name, categorical_x ? "0:" : "");
 		fprintf(f, "((strcol(%d) eq \"%s\"", sc + 1, a);
 		if (b)
 			fprintf(f, " && strcol(%d) eq \"%s\"", s2 + 1, b);
 		if (fc >= 0)
 			fprintf(f, " && strcol(%d) eq \"%s\"", fc + 1, filter_val);
+		/* Categories: one box per row, at its row number, labelled by x. */
 		if (categorical_x)
-			fprintf(f, ") ? $%d : 1/0):xtic(%d) title \"%s\"", yc + 1, xc + 1, key);
+			fprintf(f, ") ? $%d : 1/0):xtic(%d) with boxes title \"%s\"", yc + 1, xc + 1, key);
 		else
 			fprintf(f, ") ? $%d : 1/0):%d with linespoints title \"%s\"", xc + 1,
 				yc + 1, key);
