@@ -438,6 +438,60 @@ static int run_bench(const char *self, const struct bench_run *run, bool quick, 
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+struct xy {
+	double x, y;
+};
+
+static int cmp_xy(const void *a, const void *b)
+{
+	double d = ((const struct xy *)a)->x - ((const struct xy *)b)->x;
+
+	return d < 0 ? -1 : d > 0;
+}
+
+/* One gnuplot data block per series (blocks separated by two blank lines). */
+static void write_series_dat(const struct figure *fig, const struct table *t, const char *dir,
+			     char (*seen)[128], int nseen, int xc, int yc, int sc, int s2, int fc,
+			     const char *filter_val)
+{
+	struct xy *pts = calloc(t->nrows ? t->nrows : 1, sizeof(*pts));
+	char path[512];
+	FILE *f;
+	int i, r, n;
+
+	snprintf(path, sizeof(path), "%s/%s.dat", dir, fig->name);
+	f = fopen(path, "w");
+	if (!f || !pts) {
+		free(pts);
+		if (f)
+			fclose(f);
+		return;
+	}
+	for (i = 0; i < nseen; i++) {
+		for (r = n = 0; r < t->nrows; r++) {
+			char key[128];
+			const char *a = t->rows[r][sc], *b = s2 >= 0 ? t->rows[r][s2] : NULL;
+
+			if (!a || !t->rows[r][xc] || !t->rows[r][yc])
+				continue;
+			if (fc >= 0 && (!t->rows[r][fc] || strcmp(t->rows[r][fc], filter_val)))
+				continue;
+			snprintf(key, sizeof(key), "%s%s%s", a, b ? " " : "", b ? b : "");
+			if (strcmp(key, seen[i]))
+				continue;
+			pts[n].x = atof(t->rows[r][xc]);
+			pts[n++].y = atof(t->rows[r][yc]);
+		}
+		qsort(pts, n, sizeof(*pts), cmp_xy);
+		fprintf(f, "# %s\n", seen[i]);
+		for (r = 0; r < n; r++)
+			fprintf(f, "%.6g,%.6g\n", pts[r].x, pts[r].y);
+		fprintf(f, "\n\n");
+	}
+	fclose(f);
+	free(pts);
+}
+
 static void plot(const struct figure *fig, const struct table *t, const char *dir)
 {
 	int xc = table_col((struct table *)t, fig->x, false);
@@ -499,20 +553,24 @@ static void plot(const struct figure *fig, const struct table *t, const char *di
 		strcpy(seen[nseen++], key);
 		if (nseen > 1)
 			fprintf(f, ", \\\n     ");
-		/* Rows of other series (or filtered out) become undefined points. */
-		fprintf(f, "'%s/%s.csv' every ::1 using %s", dir, fig->name, categorical_x ? "0:" : "");
+		if (!categorical_x) {
+			/* Lines: the series' points, sorted by x, in block nseen-1 of the .dat file. */
+			fprintf(f, "'%s/%s.dat' index %d using 1:2 with linespoints title \"%s\"", dir,
+				fig->name, nseen - 1, key);
+			continue;
+		}
+		/* Boxes: one per row, at its row number, labelled by x; rows of other
+		 * series (or filtered out) become undefined points. */
+		fprintf(f, "'%s/%s.csv' every ::1 using 0:", dir, fig->name);
 		fprintf(f, "((strcol(%d) eq \"%s\"", sc + 1, a);
 		if (b)
 			fprintf(f, " && strcol(%d) eq \"%s\"", s2 + 1, b);
 		if (fc >= 0)
 			fprintf(f, " && strcol(%d) eq \"%s\"", fc + 1, filter_val);
-		/* Categories: one box per row, at its row number, labelled by x. */
-		if (categorical_x)
-			fprintf(f, ") ? $%d : 1/0):xtic(%d) with boxes title \"%s\"", yc + 1, xc + 1, key);
-		else
-			fprintf(f, ") ? $%d : 1/0):%d with linespoints title \"%s\"", xc + 1,
-				yc + 1, key);
+		fprintf(f, ") ? $%d : 1/0):xtic(%d) with boxes title \"%s\"", yc + 1, xc + 1, key);
 	}
+	if (!categorical_x)
+		write_series_dat(fig, t, dir, seen, nseen, xc, yc, sc, s2, fc, filter_val);
 	fprintf(f, "\n");
 	fclose(f);
 	if (!nseen)
@@ -640,6 +698,7 @@ static int bench_all_main(int argc, char **argv)
 		{ "quick", no_argument, NULL, 'q' },
 		{ "only", required_argument, NULL, 'O' },
 		{ "results-md", required_argument, NULL, 'M' },
+		{ "replot", no_argument, NULL, 'R' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -647,7 +706,7 @@ static int bench_all_main(int argc, char **argv)
 	const char *out = "bench-results", *only = NULL, *results_md = NULL;
 	char self[512], mdpath[600];
 	FILE *md;
-	bool quick = false;
+	bool quick = false, replot = false;
 	int c, failed = 0;
 	size_t i;
 	ssize_t n;
@@ -666,12 +725,16 @@ static int bench_all_main(int argc, char **argv)
 		case 'M':
 			results_md = optarg;
 			break;
+		case 'R':
+			replot = true;
+			break;
 		case 'j':
 			break;
 		case 'h':
-			printf("usage: rmapvm bench all [--out DIR] [--quick] [--only NAME] [--results-md PATH]\n"
+			printf("usage: rmapvm bench all [--out DIR] [--quick] [--only NAME] [--results-md PATH] [--replot]\n"
 			       "Runs every figure's benchmark, writing DIR/<figure>.csv, .png (gnuplot)\n"
-			       "and DIR/machine.txt. --quick is a smoke-test size.\n");
+			       "and DIR/machine.txt. --quick is a smoke-test size. --replot rebuilds the CSVs,\n"
+			       "plots and RESULTS.md from DIR/<figure>.jsonl of an earlier run.\n");
 			return 0;
 		default:
 			return 2;
@@ -699,7 +762,8 @@ static int bench_all_main(int argc, char **argv)
 		fprintf(stderr, "rmapvm: --out %s: %s\n", out, strerror(errno));
 		return 1;
 	}
-	write_machine(out);
+	if (!replot)
+		write_machine(out);
 	snprintf(mdpath, sizeof(mdpath), "%s/RESULTS.md", out);
 	if (results_md) {
 		/* Links from the page's folder to --out: works when --out is inside it. */
@@ -731,8 +795,9 @@ static int bench_all_main(int argc, char **argv)
 			continue;
 		snprintf(jsonl, sizeof(jsonl), "%s/%s.jsonl", out, fig->name);
 		snprintf(csv, sizeof(csv), "%s/%s.csv", out, fig->name);
-		unlink(jsonl);
-		if (fig->data_of) {
+		if (!replot)
+			unlink(jsonl);
+		if (fig->data_of && !replot) {
 			char from[512], cmd[1200];
 
 			snprintf(from, sizeof(from), "%s/%s.jsonl", out, fig->data_of);
@@ -747,6 +812,13 @@ static int bench_all_main(int argc, char **argv)
 				       fig->runs[k].bench);
 				snprintf(cmds[nruns++], sizeof(cmds[0]), "(no benchmark '%s' in this build)",
 					 fig->runs[k].bench);
+				continue;
+			}
+			if (replot) {
+				/* Rebuild from the raw output of an earlier run. */
+				snprintf(cmds[nruns++], sizeof(cmds[0]), "rmapvm bench %s %s --json",
+					 fig->runs[k].bench,
+					 quick ? fig->runs[k].quick_args : fig->runs[k].args);
 				continue;
 			}
 			r = run_bench(self, &fig->runs[k], quick, jsonl, cmds[nruns], sizeof(cmds[0]));
