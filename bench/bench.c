@@ -1,4 +1,5 @@
 /* bench.c: the benchmark registry and statistics helpers. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,4 +56,14 @@ double bench_spread(const double *v, int n)
 		return 0;
 	med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 	return med > 0 ? (v[n - 1] - v[0]) / med : 0;
+}
+
+double bench_json_num(const char *line, const char *key)
+{
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(line, pat);
+	return p ? atof(p + strlen(pat)) : -1;
 }

@@ -30,6 +30,9 @@ struct bench_cmd *bench_list(void);
 		bench_register(&__bench_##_fn_);                                                   \
 	}
 
+/* The number after "\"@key\":" in a JSON line of ours, or -1 if absent. */
+double bench_json_num(const char *line, const char *key);
+
 /* Median of @n samples (sorts @v in place). */
 double bench_median(double *v, int n);
 /* Spread: (max - min) / median of @n samples, after bench_median sorted them. */

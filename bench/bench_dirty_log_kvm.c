@@ -8,17 +8,6 @@
 #include "bench.h"
 #include "rmapvm/util.h"
 
-/* Number after "\"key\":" in @line, or -1. */
-static double json_num(const char *line, const char *key)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(line, pat);
-	return p ? atof(p + strlen(pat)) : -1;
-}
-
 /*
  * Runs `rmapvm run --backend kvm` (a real guest at CPL3, one vCPU sweeping
  * its memory) for a few seconds in each kernel logging mode, harvesting the
@@ -82,9 +71,9 @@ static int bench_dirty_log_kvm_main(int argc, char **argv)
 		while (f && fgets(line, sizeof(line), f)) {
 			if (!strstr(line, "\"backend\":\"kvm\""))
 				continue;
-			s = json_num(line, "seconds");
-			writes = json_num(line, "writes");
-			pages = json_num(line, "dirty_pages");
+			s = bench_json_num(line, "seconds");
+			writes = bench_json_num(line, "writes");
+			pages = bench_json_num(line, "dirty_pages");
 		}
 		if (f && pclose(f)) {
 			fprintf(stderr, "rmapvm: dirty-log-kvm: %s failed\n", modes[m]);

@@ -32,17 +32,6 @@ static const struct config configs[] = {
 	{ "rmapvm-kvm 4M x2", "4M", 2 },
 };
 
-/* Value of the number after "\"key\":" in @line, or -1. */
-static double json_num(const char *line, const char *key)
-{
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(line, pat);
-	return p ? atof(p + strlen(pat)) : -1;
-}
-
 static pid_t spawn(const char *out, char *const argv[])
 {
 	pid_t pid = fork();
@@ -107,11 +96,11 @@ static int one_point(const char *self, const struct config *c, unsigned ws_mib, 
 	while (f && fgets(line, sizeof(line), f)) {
 		if (!strstr(line, "\"event\":\"migration\"") || !strstr(line, "\"completed\""))
 			continue;
-		total = json_num(line, "total-time");
-		down = json_num(line, "downtime");
-		xfer = json_num(line, "transferred");
-		syncs = json_num(line, "dirty-sync-count");
-		throttle = json_num(line, "cpu-throttle-percentage");
+		total = bench_json_num(line, "total-time");
+		down = bench_json_num(line, "downtime");
+		xfer = bench_json_num(line, "transferred");
+		syncs = bench_json_num(line, "dirty-sync-count");
+		throttle = bench_json_num(line, "cpu-throttle-percentage");
 	}
 	if (f)
 		fclose(f);
