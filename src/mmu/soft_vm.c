@@ -102,11 +102,14 @@ static void *soft_vcpu_thread(void *arg)
 			uint64_t due = t0 + n * 1000000000ull / svm->cfg.workload.rate, now = now_ns();
 
 			if (due > now) {
-				struct timespec ts = { .tv_sec = (due - now) / 1000000000ull,
-						       .tv_nsec = (due - now) % 1000000000ull };
-
 				vcpu_put(vcpu);
-				nanosleep(&ts, NULL);
+				/* In slices, so that a stop is seen within 10 ms. */
+				while ((now = now_ns()) < due && !READ_ONCE(svm->stop)) {
+					uint64_t nap = MIN(due - now, 10000000ull);
+					struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)nap };
+
+					nanosleep(&ts, NULL);
+				}
 				vcpu_load(vcpu);
 			}
 		}
