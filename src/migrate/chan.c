@@ -369,21 +369,30 @@ int chan_write_rec(struct mig_chan *c, uint16_t type, uint16_t flags, const stru
 		   int n, uint64_t pages)
 {
 	struct mig_rec_hdr h = { .type = type, .flags = flags };
-	XXH3_state_t st;
+	/*
+	 * XXH3_state_t wants 64-byte alignment, which a stack slot does not get
+	 * under every sanitizer build: take the library's aligned allocation.
+	 */
+	XXH3_state_t *st = XXH3_createState();
 	size_t len = 0;
 	int i, r = 0;
 
+	if (!st)
+		return -ENOMEM;
+
 	for (i = 0; i < n; i++)
 		len += iov[i].iov_len;
-	if (len > MIG_MAX_PAYLOAD)
+	if (len > MIG_MAX_PAYLOAD) {
+		XXH3_freeState(st);
 		return -EMSGSIZE;
+	}
 	h.len = (uint32_t)len;
 	pthread_mutex_lock(&c->lock);
 	h.seq = c->seq;
-	XXH3_64bits_reset_withSeed(&st, rec_seed(&h));
+	XXH3_64bits_reset_withSeed(st, rec_seed(&h));
 	for (i = 0; i < n; i++)
-		XXH3_64bits_update(&st, iov[i].iov_base, iov[i].iov_len);
-	h.csum = XXH3_64bits_digest(&st);
+		XXH3_64bits_update(st, iov[i].iov_base, iov[i].iov_len);
+	h.csum = XXH3_64bits_digest(st);
 	r = chan_write_all(c, &h, sizeof(h));
 	for (i = 0; !r && i < n; i++)
 		r = chan_write_all(c, iov[i].iov_base, iov[i].iov_len);
@@ -392,6 +401,7 @@ int chan_write_rec(struct mig_chan *c, uint16_t type, uint16_t flags, const stru
 		c->pages += pages;
 	}
 	pthread_mutex_unlock(&c->lock);
+	XXH3_freeState(st);
 	return r;
 }
 

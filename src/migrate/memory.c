@@ -167,11 +167,13 @@ int mig_digest_part(const struct mig_digest_job *job, int th, int nth)
 	uint8_t *copy = malloc(PAGE_SIZE);
 	int pm = pagemap_open(), reg = 0;
 	uint64_t i;
-	XXH3_state_t st;
+	/* Heap state: XXH3_state_t's 64-byte alignment is not kept on every stack. */
+	XXH3_state_t *st = XXH3_createState();
 
-	if (!pop || !copy) {
+	if (!pop || !copy || !st) {
 		free(pop);
 		free(copy);
+		XXH3_freeState(st);
 		if (pm >= 0)
 			close(pm);
 		return -ENOMEM;
@@ -188,26 +190,27 @@ int mig_digest_part(const struct mig_digest_job *job, int th, int nth)
 		r = &job->regions[reg];
 		np = MIN((uint64_t)job->chunk_pages, r->size / PAGE_SIZE - first);
 		pagemap_populated(pm, r->hva + first * PAGE_SIZE, np, pop);
-		XXH3_64bits_reset(&st);
+		XXH3_64bits_reset(st);
 		for (p = 0; p < np; p++) {
 			const uint8_t *src = r->hva + (first + p) * PAGE_SIZE;
 
 			if (!test_bit64(pop, p)) {
-				XXH3_64bits_update(&st, zero_page, PAGE_SIZE);
+				XXH3_64bits_update(st, zero_page, PAGE_SIZE);
 				continue;
 			}
 #ifdef RMAPVM_TSAN
 			page_copy_racy(copy, src);
 			src = copy;
 #endif
-			XXH3_64bits_update(&st, src, PAGE_SIZE);
+			XXH3_64bits_update(st, src, PAGE_SIZE);
 		}
-		job->chunk_hash[i] = XXH3_64bits_digest(&st);
+		job->chunk_hash[i] = XXH3_64bits_digest(st);
 	}
 	if (pm >= 0)
 		close(pm);
 	free(pop);
 	free(copy);
+	XXH3_freeState(st);
 	return 0;
 }
 
