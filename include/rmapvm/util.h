@@ -42,6 +42,15 @@ static inline void guest_memcpy(void *dst, const void *src, size_t len)
 		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
 }
 
+/*
+ * kv_get() - the value of @key in a "k1=v1 k2=v2" description (values
+ * without spaces), copied into @out. Returns 0, -ENOENT (no such key) or
+ * -ENOSPC (value longer than @len - 1).
+ */
+int kv_get(const char *desc, const char *key, char *out, unsigned long len);
+/* kv_u64() - @key's value as parse_u64() reads it. 0, -ENOENT or -EINVAL. */
+int kv_u64(const char *desc, const char *key, uint64_t *v);
+
 /* Format @bytes as "1.5 GiB" into @buf. */
 const char *fmt_bytes(uint64_t bytes, char *buf, unsigned long len);
 

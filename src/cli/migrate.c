@@ -176,37 +176,6 @@ void cli_vm_desc(const struct cli_vm *v, char *buf, size_t len)
 	}
 }
 
-/* Value of @key in a description, copied into @out. */
-static bool desc_get(const char *desc, const char *key, char *out, size_t len)
-{
-	size_t kl = strlen(key);
-	const char *p = desc;
-
-	while (p && *p) {
-		while (*p == ' ')
-			p++;
-		if (!strncmp(p, key, kl) && p[kl] == '=') {
-			const char *v = p + kl + 1, *e = strchr(v, ' ');
-			size_t n = e ? (size_t)(e - v) : strlen(v);
-
-			if (n >= len)
-				return false;
-			memcpy(out, v, n);
-			out[n] = 0;
-			return true;
-		}
-		p = strchr(p, ' ');
-	}
-	return false;
-}
-
-static int desc_u64(const char *desc, const char *key, uint64_t *v)
-{
-	char buf[64];
-
-	return desc_get(desc, key, buf, sizeof(buf)) ? parse_u64(buf, v) : -EINVAL;
-}
-
 int cli_vm_from_desc(struct cli_vm *v, const char *kind, const char *desc, uint32_t nr_vcpus,
 		     char *err, size_t errlen)
 {
@@ -215,9 +184,9 @@ int cli_vm_from_desc(struct cli_vm *v, const char *kind, const char *desc, uint3
 	struct workload_spec spec;
 	enum backing_type backing;
 
-	if (desc_u64(desc, "mem", &mem) || desc_u64(desc, "vcpus", &vcpus) ||
-	    desc_u64(desc, "slots", &slots) || !desc_get(desc, "backing", b, sizeof(b)) ||
-	    backing_parse(b, &backing) || !desc_get(desc, "workload", wl, sizeof(wl)) ||
+	if (kv_u64(desc, "mem", &mem) || kv_u64(desc, "vcpus", &vcpus) ||
+	    kv_u64(desc, "slots", &slots) || kv_get(desc, "backing", b, sizeof(b)) ||
+	    backing_parse(b, &backing) || kv_get(desc, "workload", wl, sizeof(wl)) ||
 	    vcpus != nr_vcpus || vcpus > 256 || slots > 32764) {
 		snprintf(err, errlen, "bad machine description '%s'", desc);
 		return -EINVAL;
@@ -230,7 +199,7 @@ int cli_vm_from_desc(struct cli_vm *v, const char *kind, const char *desc, uint3
 		struct soft_vm_config c = { .mem_bytes = mem, .vcpus = (int)vcpus, .slots = (int)slots,
 					    .backing = backing, .workload = spec };
 
-		if (desc_u64(desc, "lock", &x) || x > 1 || desc_u64(desc, "max", &c.max_accesses)) {
+		if (kv_u64(desc, "lock", &x) || x > 1 || kv_u64(desc, "max", &c.max_accesses)) {
 			snprintf(err, errlen, "bad soft machine description '%s'", desc);
 			return -EINVAL;
 		}
@@ -243,8 +212,8 @@ int cli_vm_from_desc(struct cli_vm *v, const char *kind, const char *desc, uint3
 		uint64_t ring;
 		int r;
 
-		if (desc_u64(desc, "flags", &x) || desc_u64(desc, "batch", &c.batch) ||
-		    desc_u64(desc, "max", &c.max_rounds) || desc_u64(desc, "ring", &ring) ||
+		if (kv_u64(desc, "flags", &x) || kv_u64(desc, "batch", &c.batch) ||
+		    kv_u64(desc, "max", &c.max_rounds) || kv_u64(desc, "ring", &ring) ||
 		    x > UINT32_MAX || ring > UINT32_MAX) {
 			snprintf(err, errlen, "bad kvm machine description '%s'", desc);
 			return -EINVAL;

@@ -94,6 +94,39 @@ int parse_duration(const char *s, double *seconds)
 	return 0;
 }
 
+int kv_get(const char *desc, const char *key, char *out, unsigned long len)
+{
+	size_t kl = strlen(key);
+	const char *p = desc;
+
+	while (p && *p) {
+		while (*p == ' ')
+			p++;
+		if (!strncmp(p, key, kl) && p[kl] == '=') {
+			const char *v = p + kl + 1, *e = strchr(v, ' ');
+			size_t n = e ? (size_t)(e - v) : strlen(v);
+
+			if (n >= len)
+				return -ENOSPC;
+			memcpy(out, v, n);
+			out[n] = 0;
+			return 0;
+		}
+		p = strchr(p, ' ');
+	}
+	return -ENOENT;
+}
+
+int kv_u64(const char *desc, const char *key, uint64_t *v)
+{
+	char buf[64];
+	int r = kv_get(desc, key, buf, sizeof(buf));
+
+	if (r)
+		return r == -ENOENT ? r : -EINVAL;
+	return parse_u64(buf, v) ? -EINVAL : 0;
+}
+
 const char *fmt_bytes(uint64_t bytes, char *buf, unsigned long len)
 {
 	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };

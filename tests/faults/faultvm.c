@@ -135,36 +135,6 @@ void fvm_assert_same_memory(struct backend *a, struct backend *b)
 
 /* ---- destinations ---- */
 
-static bool desc_get(const char *desc, const char *key, char *out, size_t len)
-{
-	size_t kl = strlen(key);
-	const char *p = desc;
-
-	while (p && *p) {
-		while (*p == ' ')
-			p++;
-		if (!strncmp(p, key, kl) && p[kl] == '=') {
-			const char *v = p + kl + 1, *e = strchr(v, ' ');
-			size_t n = e ? (size_t)(e - v) : strlen(v);
-
-			if (n >= len)
-				return false;
-			memcpy(out, v, n);
-			out[n] = 0;
-			return true;
-		}
-		p = strchr(p, ' ');
-	}
-	return false;
-}
-
-static bool desc_u64(const char *desc, const char *key, uint64_t *v)
-{
-	char buf[64];
-
-	return desc_get(desc, key, buf, sizeof(buf)) && !parse_u64(buf, v);
-}
-
 int fvm_dest_create(void *opaque, const char *kind, const void *desc, size_t len, uint32_t nr_vcpus,
 		    struct backend **out, char *err, size_t errlen)
 {
@@ -180,10 +150,10 @@ int fvm_dest_create(void *opaque, const char *kind, const void *desc, size_t len
 	}
 	memcpy(d, desc, len);
 	d[len] = 0;
-	if (!desc_u64(d, "mem", &c.mem_bytes) || !desc_u64(d, "vcpus", &vcpus) ||
-	    !desc_u64(d, "slots", &slots) || !desc_u64(d, "lock", &lock) ||
-	    !desc_u64(d, "max", &c.max_accesses) || !desc_get(d, "backing", b, sizeof(b)) ||
-	    backing_parse(b, &c.backing) || !desc_get(d, "workload", wl, sizeof(wl)) ||
+	if (kv_u64(d, "mem", &c.mem_bytes) || kv_u64(d, "vcpus", &vcpus) ||
+	    kv_u64(d, "slots", &slots) || kv_u64(d, "lock", &lock) ||
+	    kv_u64(d, "max", &c.max_accesses) || kv_get(d, "backing", b, sizeof(b)) ||
+	    backing_parse(b, &c.backing) || kv_get(d, "workload", wl, sizeof(wl)) ||
 	    workload_parse(wl, &c.workload, werr, sizeof(werr)) || vcpus != nr_vcpus || vcpus > 64 ||
 	    slots > 512 || lock > 1) {
 		snprintf(err, errlen, "bad machine description '%s'", d);
