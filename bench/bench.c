@@ -1,7 +1,9 @@
 /* bench.c: the benchmark registry and statistics helpers. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -66,4 +68,25 @@ double bench_json_num(const char *line, const char *key)
 	snprintf(pat, sizeof(pat), "\"%s\":", key);
 	p = strstr(line, pat);
 	return p ? atof(p + strlen(pat)) : -1;
+}
+
+bool bench_kvm_available(const char *name, bool json)
+{
+	if (!access("/dev/kvm", R_OK | W_OK))
+		return true;
+	if (json)
+		printf("{\"bench\":\"%s\",\"skipped\":\"/dev/kvm is not available\"}\n", name);
+	else
+		printf("%s: skipped: /dev/kvm is not available\n", name);
+	return false;
+}
+
+int bench_self_exe(char *buf, size_t len)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+
+	if (n < 0)
+		return -errno;
+	buf[n] = 0;
+	return 0;
 }

@@ -33,6 +33,14 @@ struct bench_cmd *bench_list(void);
 /* The number after "\"@key\":" in a JSON line of ours, or -1 if absent. */
 double bench_json_num(const char *line, const char *key);
 
+/*
+ * bench_kvm_available() - true if /dev/kvm opens; otherwise prints the
+ * benchmark's "skipped" line (JSON with @json) and returns false.
+ */
+bool bench_kvm_available(const char *name, bool json);
+/* The running rmapvm binary's path, for benchmarks that run it again. 0 or -errno. */
+int bench_self_exe(char *buf, size_t len);
+
 /* Median of @n samples (sorts @v in place). */
 double bench_median(double *v, int n);
 /* Spread: (max - min) / median of @n samples, after bench_median sorted them. */

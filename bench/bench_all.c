@@ -709,7 +709,6 @@ static int bench_all_main(int argc, char **argv)
 	bool quick = false, replot = false;
 	int c, failed = 0;
 	size_t i;
-	ssize_t n;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
@@ -740,12 +739,10 @@ static int bench_all_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n < 0) {
+	if (bench_self_exe(self, sizeof(self))) {
 		perror("rmapvm: /proc/self/exe");
 		return 1;
 	}
-	self[n] = 0;
 	{
 		/* mkdir -p */
 		char tmp[512], *q;

@@ -29,7 +29,6 @@ static int bench_dirty_log_kvm_main(int argc, char **argv)
 	char self[512], cmd[1024], line[4096];
 	bool json = false;
 	size_t m;
-	ssize_t n;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -50,15 +49,10 @@ static int bench_dirty_log_kvm_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (access("/dev/kvm", R_OK | W_OK)) {
-		printf(json ? "{\"bench\":\"dirty-log-kvm\",\"skipped\":\"/dev/kvm is not available\"}\n"
-			    : "dirty-log-kvm: skipped: /dev/kvm is not available\n");
+	if (!bench_kvm_available("dirty-log-kvm", json))
 		return 0;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n < 0)
+	if (bench_self_exe(self, sizeof(self)))
 		return 1;
-	self[n] = 0;
 	for (m = 0; m < ARRAY_SIZE(modes); m++) {
 		double s = -1, writes = -1, pages = -1;
 		FILE *f;

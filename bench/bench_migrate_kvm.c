@@ -144,7 +144,6 @@ static int bench_migrate_kvm_main(int argc, char **argv)
 	bool json = false;
 	int c, failed = 0;
 	size_t k;
-	ssize_t n;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
@@ -180,15 +179,10 @@ static int bench_migrate_kvm_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (access("/dev/kvm", R_OK | W_OK)) {
-		printf(json ? "{\"bench\":\"migrate-kvm\",\"skipped\":\"/dev/kvm is not available\"}\n"
-			    : "migrate-kvm: skipped: /dev/kvm is not available\n");
+	if (!bench_kvm_available("migrate-kvm", json))
 		return 0;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n < 0 || !mkdtemp(tmp))
+	if (bench_self_exe(self, sizeof(self)) || !mkdtemp(tmp))
 		return 1;
-	self[n] = 0;
 	snprintf(buf, sizeof(buf), "%s", sizes);
 	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		unsigned ws = (unsigned)atoi(tok);
